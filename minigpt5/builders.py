@@ -1,0 +1,233 @@
+"""Build every part of MiniGPT-5 from config: tiny random parts, or real weights.
+
+A component whose ``path`` is unset is built from the tiny sizes with a fixed seed,
+so the frozen tiny weights are a function of the config alone (a resumed run in a
+new process gets the same ones). A component with a ``path`` is loaded from that
+local folder or hub id; failures name what is missing and how to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.tokenizer import build_tiny_tokenizer
+from minigpt5.vokens import add_voken_tokens
+
+TINY_SEED = 0
+T = TypeVar("T")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights named in the config could not be loaded."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def load_pretrained(what: str, path: str, loader: Callable[..., T], **kwargs: Any) -> T:
+    """Call a ``from_pretrained`` loader; turn any failure into one clear error."""
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        subfolder = kwargs.get("subfolder")
+        where = f"'{path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise WeightsNotFoundError(
+            f"could not load the {what} from {where}: {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
+            f"Provide it as a local folder (e.g. `huggingface-cli download {path} --local-dir DIR` on a machine "
+            f"with internet, then set the config path to DIR) or make the hub reachable "
+            f"(HF_HUB_OFFLINE={offline})."
+        ) from err
+
+
+class PixelSpace(nn.Module):
+    """Identity latent space for the tiny preset: the UNet diffuses pixels directly."""
+
+    scaling_factor = 1.0
+    downsample_factor = 1
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return pixels
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class VAELatents(nn.Module):
+    """A diffusers AutoencoderKL as a latent space, latents scaled by its scaling factor."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        return dist.sample(generator) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+
+
+@dataclass
+class Components:
+    """The pretrained (or tiny) parts MiniGPT5 is assembled from."""
+
+    llm: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    voken_ids: list[int]
+    text_encoder: PreTrainedModel
+    sd_tokenizer: PreTrainedTokenizerBase
+    unet: UNet2DConditionModel
+    latents: nn.Module
+    scheduler: DDPMScheduler
+
+
+# ---- tokenizers (also used by the data modules, without building any model) ----
+
+def llm_embedding_rows(cfg: LLMConfig) -> int:
+    """Rows of the LLM's input embedding table, read from its config only."""
+    if cfg.path is None:
+        return len(build_tiny_tokenizer())
+    return load_pretrained("LLM config", cfg.path, AutoConfig.from_pretrained).vocab_size
+
+
+def build_llm_tokenizer(cfg: MiniGPT5Config) -> tuple[PreTrainedTokenizerBase, list[int]]:
+    """The LLM tokenizer with the vokens added, and the voken ids."""
+    if cfg.llm.path is None:
+        tokenizer = build_tiny_tokenizer()
+    else:
+        tokenizer = load_pretrained("LLM tokenizer", cfg.llm.path, AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    voken_ids = add_voken_tokens(tokenizer, cfg.vokens, llm_embedding_rows(cfg.llm))
+    return tokenizer, voken_ids
+
+
+def build_sd_tokenizer(cfg: DiffusionConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of the SD text encoder (the tiny BPE for tiny parts)."""
+    if cfg.path is None:
+        return build_tiny_tokenizer()
+    return load_pretrained("SD tokenizer", cfg.path, AutoTokenizer.from_pretrained, subfolder="tokenizer")
+
+
+# ---- models ----
+
+def build_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
+    if cfg.path is not None:
+        return load_pretrained(
+            "LLM", cfg.path, AutoModelForCausalLM.from_pretrained, dtype=_dtype(cfg.torch_dtype)
+        )
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=max(cfg.max_length, 128),
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    return LlamaForCausalLM(config).to(_dtype(cfg.torch_dtype))
+
+
+def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DConditionModel:
+    """~1M-parameter UNet: cross-attention only below full resolution and in the mid block."""
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def build_diffusion(cfg: DiffusionConfig, sd_vocab: int) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+    """Text encoder, UNet, latent space and training scheduler."""
+    dtype = _dtype(cfg.torch_dtype)
+    if cfg.path is not None:
+        text_encoder = load_pretrained(
+            "SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype
+        )
+        unet = load_pretrained(
+            "SD UNet", cfg.path, UNet2DConditionModel.from_pretrained, subfolder="unet", torch_dtype=dtype
+        )
+        scheduler = load_pretrained("SD scheduler", cfg.path, DDPMScheduler.from_pretrained, subfolder="scheduler")
+        if cfg.latent_space == "vae":
+            vae = load_pretrained("SD VAE", cfg.path, AutoencoderKL.from_pretrained, subfolder="vae", torch_dtype=dtype)
+            return text_encoder, unet, VAELatents(vae), scheduler
+        return text_encoder, unet, PixelSpace(), scheduler
+    width = cfg.cross_attention_dim
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=sd_vocab,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=cfg.text_encoder_layers,
+            num_attention_heads=max(1, width // 16),
+            max_position_embeddings=cfg.text_max_length,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
+    )
+    if cfg.latent_space == "vae":
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(16, 32),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=cfg.resolution,
+        )
+        latents: nn.Module = VAELatents(vae)
+        channels = 4
+    else:
+        latents, channels = PixelSpace(), 3
+    unet = tiny_unet(cfg, channels, cfg.resolution // latents.downsample_factor)
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type)
+    if dtype != torch.float32:
+        text_encoder, unet, latents = text_encoder.to(dtype), unet.to(dtype), latents.to(dtype)
+    return text_encoder, unet, latents, scheduler
+
+
+def build_components(cfg: MiniGPT5Config) -> Components:
+    """All parts for ``cfg``; tiny parts use a fixed seed and leave the global RNG as it was."""
+    tokenizer, voken_ids = build_llm_tokenizer(cfg)
+    sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        llm = build_llm(cfg.llm, vocab_size=voken_ids[0])
+        text_encoder, unet, latents, scheduler = build_diffusion(cfg.diffusion, len(sd_tokenizer))
+    return Components(llm, tokenizer, voken_ids, text_encoder, sd_tokenizer, unet, latents, scheduler)

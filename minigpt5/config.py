@@ -1,0 +1,150 @@
+"""Typed configuration for every MiniGPT-5 component.
+
+Each component takes its own dataclass. Defaults are the ``tiny`` preset, which
+builds from random init with nothing downloaded; ``configs/model/paper.yaml``
+sets the paper's models and sizes. A component whose ``path`` is set is loaded
+from that local folder or hub id instead of being built from the tiny sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class LLMConfig:
+    """The causal language model and its tokenizer."""
+
+    path: Optional[str] = None  # hub id or local folder; None builds a tiny random Llama
+    hidden_size: int = 64  # tiny only
+    num_layers: int = 2  # tiny only
+    num_heads: int = 4  # tiny only
+    intermediate_size: int = 128  # tiny only
+    max_length: int = 64  # longest token sequence fed to the LLM
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights of the frozen LLM
+
+    def __post_init__(self) -> None:
+        _check(self.max_length > 16, f"llm.max_length must be > 16, got {self.max_length}")
+        _check(self.hidden_size % self.num_heads == 0, "llm.hidden_size must be divisible by llm.num_heads")
+
+
+@dataclass
+class VokenConfig:
+    """Generative vokens appended to the vocabulary."""
+
+    num_vokens: int = 8  # [IMG0]..[IMG7]
+    token_format: str = "[IMG{}]"
+
+    def __post_init__(self) -> None:
+        _check(self.num_vokens >= 1, f"vokens.num_vokens must be >= 1, got {self.num_vokens}")
+
+    @property
+    def tokens(self) -> list[str]:
+        return [self.token_format.format(i) for i in range(self.num_vokens)]
+
+
+@dataclass
+class MapperConfig:
+    """Feature mapper: MLP then an encoder-decoder transformer reading learnable queries."""
+
+    width: int = 64  # MLP output and transformer width
+    num_encoder_layers: int = 1
+    num_decoder_layers: int = 1
+    num_heads: int = 4
+    ff_size: int = 128
+    num_queries: int = 77  # SD's text-encoder sequence length
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.width % self.num_heads == 0, "mapper.width must be divisible by mapper.num_heads")
+        _check(self.num_queries >= 1, "mapper.num_queries must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, f"mapper.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DiffusionConfig:
+    """The frozen Stable Diffusion parts: text encoder, UNet, latent space, scheduler."""
+
+    path: Optional[str] = None  # diffusers folder or hub id; None builds tiny random parts
+    resolution: int = 16  # target images are padded square and resized to this
+    latent_space: Literal["vae", "pixel"] = "pixel"  # tiny default: diffuse pixels directly
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # tiny only; loaded from path otherwise
+    num_train_timesteps: int = 1000  # tiny only
+    cross_attention_dim: int = 32  # tiny only (text encoder width)
+    unet_channels: tuple[int, ...] = (32, 64)  # tiny only
+    text_encoder_layers: int = 2  # tiny only
+    text_max_length: int = 77  # caption tokens for the SD text encoder
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        _check(self.resolution >= 8 and self.resolution % 8 == 0,
+               f"diffusion.resolution must be a positive multiple of 8, got {self.resolution}")
+        self.unet_channels = tuple(self.unet_channels)
+
+
+@dataclass
+class PeftSettings:
+    """Parameter-efficient adapter on the frozen LLM."""
+
+    method: Literal["none", "lora", "prefix"] = "none"  # stage 1 trains no adapter
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    num_virtual_tokens: int = 32  # prefix tuning
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r >= 1, f"peft.lora_r must be >= 1, got {self.lora_r}")
+        self.lora_target_modules = tuple(self.lora_target_modules)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and diffusion-loss options."""
+
+    text_weight: float = 0.01
+    ldm_weight: float = 1.0
+    cap_weight: float = 0.1
+    min_snr_gamma: Optional[float] = 5.0  # None turns Min-SNR weighting off
+
+    def __post_init__(self) -> None:
+        for name in ("text_weight", "ldm_weight", "cap_weight"):
+            _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
+
+
+@dataclass
+class GuidanceConfig:
+    """Classifier-free guidance: dropout in training, guided sampling at inference."""
+
+    cfg_dropout: float = 0.1  # probability a target's voken features are zeroed in training
+    scale: float = 7.5
+    num_inference_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.cfg_dropout < 1.0, f"guidance.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        _check(self.num_inference_steps >= 1, "guidance.num_inference_steps must be >= 1")
+
+
+@dataclass
+class MiniGPT5Config:
+    """Everything needed to build a MiniGPT5 model."""
+
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vokens: VokenConfig = field(default_factory=VokenConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    loss: LossConfig = field(default_factory=LossConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    prompt: str = ""  # text before each caption; masked out of the text loss

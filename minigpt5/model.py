@@ -1,0 +1,235 @@
+"""MiniGPT5: a causal LLM with generative vokens driving a frozen Stable Diffusion UNet."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from diffusers import DDIMScheduler
+from torch import nn
+
+from minigpt5.adapters import apply_adapter
+from minigpt5.builders import Components, build_components
+from minigpt5.config import LossConfig, MiniGPT5Config
+from minigpt5.guidance import drop_features, sample_latents
+from minigpt5.losses import cap_loss, ldm_loss, text_loss
+from minigpt5.mapper import FeatureMapper
+from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
+from minigpt5.vokens import VokenRows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MiniGPT5Output:
+    """Named, unweighted losses of one batch (``cap`` is None when not computed)."""
+
+    text: torch.Tensor
+    ldm: torch.Tensor
+    cap: Optional[torch.Tensor] = None
+
+    def named(self) -> dict[str, torch.Tensor]:
+        losses = {"text": self.text, "ldm": self.ldm}
+        if self.cap is not None:
+            losses["cap"] = self.cap
+        return losses
+
+    def total(self, weights: LossConfig) -> torch.Tensor:
+        total = weights.text_weight * self.text + weights.ldm_weight * self.ldm
+        if self.cap is not None:
+            total = total + weights.cap_weight * self.cap
+        return total
+
+
+class MiniGPT5(nn.Module):
+    """LLM + voken rows + feature mapper + frozen SD parts.
+
+    Batch keys read by :meth:`forward`:
+      input_ids, attention_mask, labels: (B, T) — labels -100 where no text loss;
+      target_pixels: (N, 3, H, W) in [-1, 1], one per ``[IMG0]`` in input_ids, in
+        row-major order of appearance;
+      caption_ids: optional (N, L) SD text-encoder ids of each target's caption (CAP loss).
+    """
+
+    def __init__(self, cfg: MiniGPT5Config, parts: Optional[Components] = None) -> None:
+        super().__init__()
+        parts = parts or build_components(cfg)
+        self.cfg = cfg
+        self.tokenizer = parts.tokenizer
+        self.sd_tokenizer = parts.sd_tokenizer
+        self.voken_ids = parts.voken_ids
+        self.scheduler = parts.scheduler
+        self.vokens = VokenRows.mean_initialised(
+            parts.voken_ids[0],
+            cfg.vokens.num_vokens,
+            parts.llm.get_input_embeddings().weight,
+            parts.llm.get_output_embeddings().weight,
+        )
+        self.llm, self._adapter_names = apply_adapter(parts.llm, cfg.peft)
+        hidden = parts.llm.config.hidden_size
+        self.mapper = FeatureMapper(cfg.mapper, hidden, parts.unet.config.cross_attention_dim)
+        self.text_encoder = parts.text_encoder
+        self.unet = parts.unet
+        self.latents = parts.latents
+        self.mark_trainable()
+
+    # ---- what trains ----
+
+    def is_trainable_name(self, name: str) -> bool:
+        """The single rule for what trains: voken rows, mapper, LLM adapter."""
+        if name.startswith(("vokens.", "mapper.")):
+            return True
+        return name.startswith("llm.") and name[len("llm."):] in self._adapter_names
+
+    def mark_trainable(self) -> None:
+        """Freeze everything but the trainable parts; log both counts."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_trainable_name(name))
+        for module in self.frozen_modules():
+            module.eval()
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        log.info("MiniGPT5 parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules with no trainable parameter; kept in eval mode (no dropout)."""
+        modules = [self.text_encoder, self.unet, self.latents]
+        if not self._adapter_names:
+            modules.append(self.llm)
+        return modules
+
+    def train(self, mode: bool = True) -> "MiniGPT5":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors, keyed as in ``state_dict()``."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    # ---- the LLM side ----
+
+    def llm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)."""
+        embeds = self.vokens.embed(input_ids, self.llm.get_input_embeddings())  # (B, T, D)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (B, T, D), after the final norm
+        return self.vokens.extend_logits(hidden, out.logits), hidden
+
+    def voken_features(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states at the positions that predict each voken -> (N, n, D).
+
+        For every ``[IMG0]`` at position p, positions p-1 .. p+n-2 predict [IMG0]..[IMG{n-1}].
+        """
+        n = self.cfg.vokens.num_vokens
+        rows, starts = (input_ids == self.voken_ids[0]).nonzero(as_tuple=True)  # (N,), (N,)
+        if (starts < 1).any() or (starts + n - 1 > input_ids.shape[1]).any():
+            raise ValueError("a voken block is cut by the sequence boundary")
+        offsets = torch.arange(n, device=input_ids.device) - 1  # (n,)
+        positions = starts[:, None] + offsets  # (N, n)
+        return hidden[rows[:, None], positions]  # (N, n, D)
+
+    def condition(self, features: torch.Tensor) -> torch.Tensor:
+        """Voken features (N, n, D) -> SD conditioning (N, Q, C)."""
+        return self.mapper(features.to(self.mapper.queries.dtype))
+
+    def null_condition(self, count: int) -> torch.Tensor:
+        """The unconditional embedding: the mapper's output for all-zero voken features."""
+        d = self.llm.config.hidden_size
+        zeros = torch.zeros(count, self.cfg.vokens.num_vokens, d, device=self.mapper.queries.device)
+        return self.condition(zeros)
+
+    # ---- the diffusion side ----
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy.to(self.unet.dtype), timesteps, encoder_hidden_states=cond.to(self.unet.dtype)).sample
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Target pixels (N, 3, H, W) in [-1, 1] -> scaled latents (N, c, h, w)."""
+        return self.latents.encode(pixels, generator).float()
+
+    @torch.no_grad()
+    def encode_captions(self, caption_ids: torch.Tensor) -> torch.Tensor:
+        """SD text-encoder output (N, L, C) for caption ids (N, L)."""
+        return self.text_encoder(caption_ids)[0].float()
+
+    # ---- training ----
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> MiniGPT5Output:
+        logits, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"])
+        loss_text = text_loss(logits, batch["labels"])
+        features = self.voken_features(batch["input_ids"], hidden)  # (N, n, D)
+        pixels = batch["target_pixels"]
+        if features.shape[0] != pixels.shape[0]:
+            raise ValueError(f"batch has {features.shape[0]} voken blocks but {pixels.shape[0]} target images")
+        features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
+        cond = self.condition(features)  # (N, Q, C)
+        latents = self.encode_images(pixels, generator)
+        loss_ldm = ldm_loss(
+            self.denoise, self.scheduler, latents, cond,
+            min_snr_gamma=self.cfg.loss.min_snr_gamma, generator=generator,
+        )
+        loss_cap = None
+        if self.cfg.loss.cap_weight > 0 and "caption_ids" in batch:
+            # Dropped samples are aligned with the empty caption: SD's own null conditioning.
+            empty = tokenize_for_text_encoder(self.sd_tokenizer, [""], batch["caption_ids"].shape[1])
+            caption_ids = torch.where(dropped[:, None], empty.to(batch["caption_ids"].device), batch["caption_ids"])
+            loss_cap = cap_loss(cond, self.encode_captions(caption_ids))
+        return MiniGPT5Output(text=loss_text, ldm=loss_ldm, cap=loss_cap)
+
+    # ---- sampling ----
+
+    def caption_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Token batch of captions each followed by the vokens and end marker."""
+        examples = [
+            encode_caption(self.tokenizer, c, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt)
+            for c in captions
+        ]
+        return pad_examples(examples, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def images_from_features(
+        self,
+        features: torch.Tensor,
+        *,
+        scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Guided sampling from voken features (N, n, D) -> images (N, 3, H, W) in [-1, 1]."""
+        g = self.cfg.guidance
+        cond = self.condition(features)
+        uncond = self.null_condition(cond.shape[0])
+        size = self.cfg.diffusion.resolution // self.latents.downsample_factor
+        shape = (cond.shape[0], self.unet.config.in_channels, size, size)
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        latents = sample_latents(
+            self.denoise, sampler, shape, cond.to(self.unet.dtype), uncond.to(self.unet.dtype),
+            scale=g.scale if scale is None else scale,
+            num_inference_steps=num_inference_steps or g.num_inference_steps,
+            generator=generator,
+        )
+        return self.latents.decode(latents).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        captions: list[str],
+        *,
+        scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Caption -> vokens -> mapper -> guided diffusion: images (N, 3, H, W) in [-1, 1]."""
+        device = self.mapper.queries.device
+        batch = {k: v.to(device) for k, v in self.caption_batch(captions).items()}
+        _, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"])
+        features = self.voken_features(batch["input_ids"], hidden)
+        return self.images_from_features(
+            features, scale=scale, num_inference_steps=num_inference_steps, generator=generator
+        )
