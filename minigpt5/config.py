@@ -21,6 +21,14 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    # Literal annotations are only enforced by the CLI parser; direct construction needs this.
+    _check(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class LLMConfig:
     """The causal language model and its tokenizer."""
@@ -36,6 +44,7 @@ class LLMConfig:
     def __post_init__(self) -> None:
         _check(self.max_length > 16, f"llm.max_length must be > 16, got {self.max_length}")
         _check(self.hidden_size % self.num_heads == 0, "llm.hidden_size must be divisible by llm.num_heads")
+        _check_choice("llm.torch_dtype", self.torch_dtype, _DTYPES)
 
 
 @dataclass
@@ -89,6 +98,9 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         _check(self.resolution >= 8 and self.resolution % 8 == 0,
                f"diffusion.resolution must be a positive multiple of 8, got {self.resolution}")
+        _check_choice("diffusion.latent_space", self.latent_space, ("vae", "pixel"))
+        _check_choice("diffusion.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        _check_choice("diffusion.torch_dtype", self.torch_dtype, _DTYPES)
         self.unet_channels = tuple(self.unet_channels)
 
 
@@ -104,6 +116,7 @@ class PeftSettings:
     num_virtual_tokens: int = 32  # prefix tuning
 
     def __post_init__(self) -> None:
+        _check_choice("peft.method", self.method, ("none", "lora", "prefix"))
         _check(self.lora_r >= 1, f"peft.lora_r must be >= 1, got {self.lora_r}")
         self.lora_target_modules = tuple(self.lora_target_modules)
 

@@ -1,0 +1,41 @@
+# MiniGPT-5: `make demo` and `make test` work on a fresh machine with python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+DEMO := outputs/demo
+
+.PHONY: install demo test train-uas bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 4000 --val-num 256
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml \
+		--trainer.default_root_dir=$(DEMO)/uas $(ARGS)
+	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
+		--out $(DEMO)/uas/caption_following.png
+	@echo
+	@echo "Demo outputs:"
+	@echo "  checkpoint:   $(DEMO)/uas/checkpoints/last.ckpt"
+	@echo "  sample grids: $(DEMO)/uas/samples/"
+	@echo "  TensorBoard:  $(BIN)/tensorboard --logdir $(DEMO)/uas/tensorboard"
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+train-uas: install
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/paper.yaml $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
+
+clean:
+	rm -rf outputs lightning_logs .pytest_cache

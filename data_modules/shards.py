@@ -1,0 +1,186 @@
+"""Shared reading of WebDataset shards in img2dataset layout.
+
+A sample is ``key.jpg`` (or ``.jpeg``/``.png``/``.webp``) + ``key.txt`` caption
+[+ ``key.json``]. Reading decodes each sample with our own map function; a sample
+that cannot be used raises :class:`BadSample` naming its shard and key, and the
+pipeline's :class:`SampleCounter` logs and counts it, then goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import braceexpand
+import torch
+import webdataset as wds
+from PIL import Image
+
+from minigpt5.builders import build_llm_tokenizer, build_sd_tokenizer
+from minigpt5.config import MiniGPT5Config
+from minigpt5.images import to_target_tensor
+from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+# ---- shard paths ----
+
+def _split_top_level(spec: str) -> list[str]:
+    """Split on commas outside braces, so ``a-{0,1}.tar,b.tar`` keeps its brace list."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    parts.append(spec[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Shard paths of ``spec``: brace patterns, directories (their ``*.tar``, sorted), comma lists.
+
+    Raises FileNotFoundError naming every missing shard, ValueError if nothing is named.
+    """
+    urls: list[str] = []
+    for part in _split_top_level(spec):
+        part = os.path.expanduser(part)
+        if os.path.isdir(part):
+            found = sorted(str(p) for p in Path(part).glob("*.tar"))
+            if not found:
+                raise FileNotFoundError(f"shard directory '{part}' (from spec '{spec}') holds no .tar files")
+            urls.extend(found)
+        else:
+            urls.extend(braceexpand.braceexpand(part))
+    if not urls:
+        raise ValueError(f"shard spec '{spec}' names no shards")
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(urls)} shards in '{spec}' do not exist: " + ", ".join(missing)
+        )
+    return urls
+
+
+# ---- bad samples ----
+
+class BadSample(ValueError):
+    """A sample that cannot be used, named by its shard url and key."""
+
+    def __init__(self, sample: dict[str, Any], reason: str) -> None:
+        super().__init__(f"{sample.get('__url__')} sample '{sample.get('__key__')}': {reason}")
+
+
+def _worker_name() -> str:
+    info = torch.utils.data.get_worker_info()
+    return "main process" if info is None else f"worker {info.id}"
+
+
+class SampleCounter:
+    """Counts and logs bad samples (as a wds handler) and truncated captions.
+
+    Counts are per process: each DataLoader worker holds its own copy, so with
+    ``num_workers > 0`` the running counts appear in the workers' log lines only.
+    """
+
+    def __init__(self) -> None:
+        self.bad = 0
+        self.truncated = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        """wds handler: skip a :class:`BadSample` after logging it; re-raise anything else."""
+        if not isinstance(exn, BadSample):
+            raise exn
+        self.bad += 1
+        log.warning("skipped bad sample (%d so far in %s): %s", self.bad, _worker_name(), exn)
+        return True
+
+    def note_truncated(self, sample: dict[str, Any]) -> None:
+        self.truncated += 1
+        log.warning(
+            "caption truncated to fit llm.max_length (%d so far in %s): %s sample '%s'",
+            self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
+        )
+
+
+# ---- sample -> model inputs ----
+
+def decode_sample(sample: dict[str, Any]) -> tuple[Image.Image, str]:
+    """Raw wds sample -> (RGB image, caption); :class:`BadSample` if either is missing or unreadable."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise BadSample(sample, f"no image (one of .{', .'.join(IMAGE_EXTENSIONS)})")
+    if "txt" not in sample:
+        raise BadSample(sample, "no caption (.txt)")
+    try:
+        caption = sample["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise BadSample(sample, f"caption is not UTF-8: {err}") from err
+    if not caption:
+        raise BadSample(sample, "empty caption")
+    try:
+        with Image.open(io.BytesIO(sample[ext])) as im:
+            image = im.convert("RGB")
+    except Exception as err:  # PIL signals corrupt data with many exception types
+        raise BadSample(sample, f"unreadable .{ext} image: {err.__class__.__name__}: {err}") from err
+    return image, caption
+
+
+class SampleEncoder:
+    """Turns raw samples into model inputs (``__call__``) and lists of those into batches (``collate``)."""
+
+    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter) -> None:
+        self.cfg = cfg
+        self.counter = counter
+        self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
+        self.sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        image, caption = decode_sample(sample)
+        example = encode_caption(
+            self.tokenizer, caption, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt
+        )
+        if example.truncated:
+            self.counter.note_truncated(sample)
+        pixels = to_target_tensor(image, self.cfg.diffusion.resolution)  # (3, H, W)
+        return {"example": example, "target_pixels": pixels, "caption": caption}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """The batch ``MiniGPT5.forward`` reads, plus the caption strings."""
+        captions = [s["caption"] for s in samples]
+        batch: dict[str, Any] = pad_examples([s["example"] for s in samples], self.tokenizer.pad_token_id)  # (B, T)
+        batch["target_pixels"] = torch.stack([s["target_pixels"] for s in samples])  # (B, 3, H, W)
+        batch["caption_ids"] = tokenize_for_text_encoder(
+            self.sd_tokenizer, captions, self.cfg.diffusion.text_max_length
+        )  # (B, 77)
+        batch["captions"] = captions
+        return batch
+
+
+# ---- pipelines ----
+
+def batches_per_worker(samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int) -> int:
+    """Batches each DataLoader worker yields per epoch so one epoch is about ``samples_per_epoch``.
+
+    Each of ``world_size`` ranks runs ``max(1, num_workers)`` workers; rounded up, at least 1.
+    """
+    streams = world_size * max(1, num_workers)
+    return max(1, math.ceil(samples_per_epoch / (streams * batch_size)))
+
+
+def eval_pipeline(
+    urls: list[str], encoder: SampleEncoder, *, batch_size: int, max_samples: Optional[int] = None
+) -> wds.WebDataset:
+    """Each shard read once, in order, split over ranks then workers; at most ``max_samples`` per worker."""
+    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
+    dataset = dataset.map(encoder, handler=encoder.counter)
+    if max_samples is not None:
+        dataset = dataset.slice(max_samples)
+    return dataset.batched(batch_size, collation_fn=encoder.collate)

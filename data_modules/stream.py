@@ -1,0 +1,139 @@
+"""A deterministic, resumable training stream over shards.
+
+Each rank runs ``W = max(1, num_workers)`` logical streams. Logical stream ``L`` of a
+rank draws shards with replacement and shuffles samples with generators seeded by
+(seed, epoch, rank, L), so its content is a pure function of those four numbers.
+The DataLoader hands out batches round-robin over workers, so global batch ``j`` of
+an epoch is batch ``j // W`` of logical stream ``j % W``.
+
+Every batch carries its position (:data:`POSITION_KEY`): epoch, global batch index,
+logical stream and the raw samples that stream has read. After a restart the data
+module passes back the position of the last batch the training loop consumed; worker
+``w`` then plays logical stream ``(w + k) % W`` (``k`` batches consumed), skips the raw
+samples that stream already read (before decoding) and carries on, so batch ``k`` is
+the next one delivered, exactly as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+POSITION_KEY = "__stream_position__"
+
+
+@dataclass
+class StreamPosition:
+    """How far one epoch of a rank's stream has been consumed."""
+
+    epoch: int = 0
+    batches: int = 0  # global batches consumed this epoch
+    raw: dict[int, int] = field(default_factory=dict)  # logical stream -> raw samples read
+
+    def advance(self, epoch: int, batch_index: int, stream: int, raw: int) -> None:
+        """Record that global batch ``batch_index`` of ``epoch`` was consumed."""
+        if epoch != self.epoch:
+            self.epoch, self.raw = epoch, {}
+        self.batches = batch_index + 1
+        self.raw[stream] = raw
+
+
+def buffered_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Shuffle with a buffer of ``size`` samples using ``rng`` (deterministic given its seed)."""
+    buffer: list[Any] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ResumableStream(IterableDataset):
+    """Endless shard stream of one rank -> ``num_batches`` batches per logical stream and epoch.
+
+    ``encode`` turns a raw sample into a model input or raises; ``on_error(exc)`` returns
+    True to skip the sample (it counts and logs) or re-raises. ``collate`` builds batches.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        encode: Callable[[dict[str, Any]], Any],
+        collate: Callable[[list[Any]], dict[str, Any]],
+        on_error: Callable[[Exception], bool],
+        batch_size: int,
+        num_batches: int,
+        num_streams: int,
+        shuffle_buffer: int,
+        seed: int,
+        rank: int,
+    ) -> None:
+        super().__init__()
+        self.urls = urls
+        self.encode, self.collate, self.on_error = encode, collate, on_error
+        self.batch_size, self.num_batches, self.num_streams = batch_size, num_batches, num_streams
+        self.shuffle_buffer, self.seed, self.rank = shuffle_buffer, seed, rank
+        self.epoch = 0
+        self.resume: Optional[StreamPosition] = None
+
+    def _rng(self, stream: int, purpose: str) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{stream}/{purpose}")
+
+    def raw_samples(self, stream: int) -> Iterator[dict[str, Any]]:
+        """The shuffled, undecoded samples of one logical stream (endless)."""
+        shard_rng = self._rng(stream, "shards")
+        shards = ({"url": shard_rng.choice(self.urls)} for _ in iter(int, 1))
+        return buffered_shuffle(tarfile_samples(shards), self.shuffle_buffer, self._rng(stream, "shuffle"))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        done = self.resume.batches if self.resume is not None and self.resume.epoch == self.epoch else 0
+        stream = (worker + done) % self.num_streams
+        # Batches of this logical stream already consumed: global indices j < done with j % W == stream.
+        produced = max(0, -(-(done - stream) // self.num_streams))
+        raw_read = self.resume.raw.get(stream, 0) if done else 0
+        samples = self.raw_samples(stream)
+        for _ in range(raw_read):
+            next(samples)
+        for i in range(produced, self.num_batches):
+            batch: list[Any] = []
+            while len(batch) < self.batch_size:
+                sample = next(samples)
+                raw_read += 1
+                try:
+                    batch.append(self.encode(sample))
+                except Exception as exc:  # on_error logs, counts and skips, or re-raises
+                    self.on_error(exc)
+            out = self.collate(batch)
+            out[POSITION_KEY] = torch.tensor([self.epoch, i * self.num_streams + stream, stream, raw_read])
+            yield out
+
+
+class EpochLoader:
+    """Iterable over a :class:`ResumableStream` through a DataLoader, one epoch per ``iter``.
+
+    ``on_epoch(dataset)`` runs before each epoch's workers start (they get a copy of the
+    dataset then), to set the epoch and resume position.
+    """
+
+    def __init__(self, dataset: ResumableStream, num_workers: int, on_epoch: Callable[[ResumableStream], None]) -> None:
+        self.dataset, self.num_workers, self.on_epoch = dataset, num_workers, on_epoch
+
+    def __len__(self) -> int:
+        return self.dataset.num_batches * self.dataset.num_streams
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.on_epoch(self.dataset)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers)
+        return iter(loader)

@@ -1,0 +1,123 @@
+"""A small learnable image-caption set: coloured shapes on white, captioned "a <colour> <shape>".
+
+Used by the demo and the tests; :func:`dominant_colour` checks that generated
+images follow their caption's colour.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 220, 30),
+    "purple": (130, 40, 170),
+    "orange": (250, 140, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+WHITE = (255, 255, 255)
+
+
+def caption_for(colour: str, shape: str) -> str:
+    return f"a {colour} {shape}"
+
+
+def colour_of(caption: str) -> str:
+    """The palette colour named in ``caption``; ValueError if there is none."""
+    for word in re.findall(r"[a-z]+", caption.lower()):
+        if word in COLOURS:
+            return word
+    raise ValueError(f"caption {caption!r} names none of the colours {sorted(COLOURS)}")
+
+
+def draw_shape(colour: str, shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One ``shape`` filled with ``colour`` on white; extent 40-80% of ``size``, position jittered."""
+    extent = int(rng.uniform(0.4, 0.8) * size)
+    x0, y0 = (int(v) for v in rng.integers(0, size - extent + 1, size=2))
+    x1, y1 = x0 + extent - 1, y0 + extent - 1
+    image = Image.new("RGB", (size, size), WHITE)
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    return image
+
+
+def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """``num`` wds samples (``jpg``, ``txt``, ``json``) with random colour, shape and placement."""
+    rng = np.random.default_rng(seed)
+    colours = list(COLOURS)
+    for index in range(num):
+        colour = colours[rng.integers(len(colours))]
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        buffer = io.BytesIO()
+        draw_shape(colour, shape, size, rng).save(buffer, format="JPEG", quality=95)
+        yield {
+            "__key__": f"{index:09d}",
+            "jpg": buffer.getvalue(),
+            "txt": caption_for(colour, shape),
+            "json": {"colour": colour, "shape": shape},
+        }
+
+
+@dataclass
+class SyntheticShards:
+    """Brace specs of the written shards (``val`` is None when no val samples were asked for)."""
+
+    train: str
+    val: Optional[str]
+
+
+def write_synthetic(
+    out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500
+) -> SyntheticShards:
+    """Write ``train-%06d.tar`` and ``val-%06d.tar`` shards into ``out``; deterministic given ``seed``."""
+    if num < 1 or val_num < 0 or size < 8 or shard_size < 1:
+        raise ValueError(
+            f"need num >= 1, val_num >= 0, size >= 8, shard_size >= 1; got {num}, {val_num}, {size}, {shard_size}"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for split, count, split_seed in (("train", num, seed), ("val", val_num, seed + 1)):
+        pattern = str(out / f"{split}-{SHARD_NUMBER}.tar")
+        paths = write_shards(pattern, synthetic_samples(count, size, split_seed), shard_size)
+        specs.append(brace_spec(pattern, len(paths)) if paths else None)
+    return SyntheticShards(train=specs[0], val=specs[1])
+
+
+def dominant_colour(
+    image: Union[Image.Image, np.ndarray], white_distance: float = 80.0, min_fraction: float = 0.02
+) -> str:
+    """Palette colour of most non-white pixels of an RGB image (PIL or (H, W, 3) uint8).
+
+    Pixels further than ``white_distance`` from white vote for their nearest palette
+    colour; "none" when fewer than ``min_fraction`` of the pixels do.
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {pixels.shape}")
+    pixels = pixels.reshape(-1, 3)  # (H*W, 3)
+    coloured = pixels[np.linalg.norm(pixels - np.array(WHITE), axis=1) > white_distance]  # (M, 3)
+    if len(coloured) < min_fraction * len(pixels):
+        return "none"
+    palette = np.array(list(COLOURS.values()), dtype=np.float32)  # (K, 3)
+    nearest = np.linalg.norm(coloured[:, None] - palette[None], axis=2).argmin(axis=1)  # (M,)
+    return list(COLOURS)[np.bincount(nearest, minlength=len(palette)).argmax()]

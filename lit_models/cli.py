@@ -1,0 +1,61 @@
+"""The ``minigpt5`` command.
+
+  minigpt5 fit|validate|test|predict -c configs/uas.yaml ...   LightningCLI on MiniGPT5Module
+  minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
+  minigpt5 data cc3m|synthetic ...                            shard converters
+
+Lives outside ``minigpt5/`` so the model package stays free of Lightning.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from lit_models.module import MiniGPT5Module
+from lit_models.text_to_image import TextToImageModule
+
+
+class MiniGPT5CLI(LightningCLI):
+    """LightningCLI with the model config shared with the data module (tokenizers, sizes)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.config", "data.init_args.model_config")
+
+    def before_instantiate_classes(self) -> None:
+        # An empty TensorBoard save_dir means the run directory, so one flag
+        # (--trainer.default_root_dir) moves checkpoints, events and samples together.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and not logger.init_args.save_dir:
+            logger.init_args.save_dir = config.trainer.default_root_dir or "."
+
+
+def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] = None) -> MiniGPT5CLI:
+    return MiniGPT5CLI(
+        model_class,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        from data_modules.convert.cli import main as data_main
+
+        return data_main(argv[1:])
+    if argv[:1] == ["pretrain-sd"]:
+        run_lightning(TextToImageModule, argv[1:])
+        return 0
+    run_lightning(MiniGPT5Module, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The one LightningModule: weighs and logs MiniGPT5's losses, owns optimization and checkpoints."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+
+from lit_models.optim import OptimConfig, build_optimizer
+from minigpt5.config import MiniGPT5Config
+from minigpt5.model import MiniGPT5
+
+MAPPER_PREFIX = "model.mapper."
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or inf loss: training stops before anything is saved."""
+
+
+class MiniGPT5Module(LightningModule):
+    """Stage-agnostic training wrapper; the stage is decided by ``config`` (losses, adapter)."""
+
+    def __init__(self, config: MiniGPT5Config = MiniGPT5Config(), optim: OptimConfig = OptimConfig()) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.config = config
+        self.optim = optim
+        self.model = MiniGPT5(config)
+        self.base_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # Checkpoints hold trainable weights only; the frozen ones come from the config.
+        self.strict_loading = False
+
+    # ---- steps ----
+
+    def model_step(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(batch, generator=generator)
+        total = out.total(self.config.loss)
+        return total, out.named()
+
+    def _log_losses(self, stage: str, total: torch.Tensor, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", total, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+
+    def step_seed(self, batch_idx: int) -> int:
+        """A seed fixed by (run seed, optimizer step, micro-batch, rank).
+
+        Noise, timesteps, guidance dropout and dropout are drawn from it, so a run
+        resumed from a checkpoint draws exactly what the uninterrupted run drew.
+        """
+        accumulate = self.trainer.accumulate_grad_batches
+        micro = self.global_step * accumulate + batch_idx % accumulate
+        return (self.base_seed * 1_000_003 + micro * self.trainer.world_size + self.global_rank) % 2**63
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        torch.manual_seed(self.step_seed(batch_idx))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        total, losses = self.model_step(batch)
+        if not torch.isfinite(total):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite training loss at global step {self.global_step} (batch {batch_idx}): "
+                f"total={total.item()}, {detail}. Training stopped; no checkpoint was written for this step."
+            )
+        self._log_losses("train", total, losses, batch["input_ids"].shape[0])
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Fixed noise per batch index so validation losses are comparable across epochs.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        total, losses = self.model_step(batch, generator=generator)
+        self._log_losses("val", total, losses, batch["input_ids"].shape[0])
+
+    # ---- optimization ----
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        optimizer, schedule = build_optimizer(self, self.optim, (MAPPER_PREFIX,), total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoints: trainable weights only ----
+
+    def trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()
+        if saved != expected:
+            missing, extra = sorted(expected - saved), sorted(saved - expected)
+            raise KeyError(
+                f"checkpoint does not match this model's trainable weights: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+            )

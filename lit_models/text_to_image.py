@@ -1,0 +1,83 @@
+"""Pretrain the tiny Stable Diffusion stand-in (text encoder -> UNet) on image-caption shards.
+
+The paper starts from a pretrained, frozen SD 2.1. No SD weights can be downloaded here,
+so the demo first trains the tiny UNet on its own captions (the tiny text encoder stays
+frozen at its random init, as SD's CLIP encoder is frozen) and exports a diffusers-format
+folder; stage 1 then loads it through the same ``from_pretrained`` path as the real SD.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+
+from lit_models.optim import OptimConfig, build_optimizer
+from minigpt5.builders import build_diffusion, build_sd_tokenizer
+from minigpt5.config import MiniGPT5Config
+from minigpt5.losses import ldm_loss
+from minigpt5.sequences import tokenize_for_text_encoder
+
+
+class TextToImageModule(LightningModule):
+    """Trains only the UNet of ``config.diffusion`` under text-encoder conditioning."""
+
+    def __init__(
+        self,
+        config: MiniGPT5Config = MiniGPT5Config(),
+        optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=100, decay="constant", mapper_lr_scale=1.0),
+        caption_dropout: float = 0.1,
+        export_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.config, self.optim, self.caption_dropout, self.export_dir = config, optim, caption_dropout, export_dir
+        self.sd_tokenizer = build_sd_tokenizer(config.diffusion)
+        self.text_encoder, self.unet, self.latents, self.scheduler = build_diffusion(
+            config.diffusion, len(self.sd_tokenizer)
+        )
+        self.text_encoder.requires_grad_(False).eval()
+        self.latents.requires_grad_(False).eval()
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+
+    def _loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        ids = batch["caption_ids"]  # (N, L)
+        if self.training and self.caption_dropout > 0:
+            empty = tokenize_for_text_encoder(self.sd_tokenizer, [""], ids.shape[1]).to(ids.device)
+            drop = torch.rand(ids.shape[0], device=ids.device) < self.caption_dropout
+            ids = torch.where(drop[:, None], empty, ids)
+        with torch.no_grad():
+            cond = self.text_encoder(ids)[0]  # (N, L, C)
+            latents = self.latents.encode(batch["target_pixels"], generator)
+        return ldm_loss(self.denoise, self.scheduler, latents, cond,
+                        min_snr_gamma=self.config.loss.min_snr_gamma, generator=generator)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/ldm", loss, prog_bar=True, batch_size=batch["target_pixels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        self.log("val/ldm", self._loss(batch, generator), batch_size=batch["target_pixels"].shape[0])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer, schedule = build_optimizer(self, self.optim, (), int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def export(self, directory: str) -> None:
+        """Write a diffusers-layout folder: text_encoder/, tokenizer/, unet/, scheduler/."""
+        root = Path(directory)
+        self.text_encoder.save_pretrained(root / "text_encoder")
+        self.sd_tokenizer.save_pretrained(root / "tokenizer")
+        self.unet.save_pretrained(root / "unet")
+        self.scheduler.save_pretrained(root / "scheduler")
+
+    def on_train_end(self) -> None:
+        # Runs after callbacks' on_train_end, so EMA weights are already copied in.
+        if self.export_dir and self.trainer.is_global_zero:
+            self.export(self.export_dir)

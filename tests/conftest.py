@@ -1,0 +1,59 @@
+"""Shared fixtures: offline Hugging Face settings, a tiny config/model, caption batches."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports transformers / diffusers: never touch the network or the
+# user's caches. Every model in these tests is built from random init.
+_HF_TMP = tempfile.mkdtemp(prefix="minigpt5-tests-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = os.path.join(_HF_TMP, "hf")
+os.environ["TORCH_HOME"] = os.path.join(_HF_TMP, "torch")
+# The models are tiny: one intra-op thread is faster than two fighting over 2 shared
+# cores (measured: sampling 0.1 s vs 0.5 s under load). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from typing import Callable, Optional  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture
+def tiny_config():
+    from minigpt5.config import MiniGPT5Config
+
+    return MiniGPT5Config()
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from minigpt5.model import MiniGPT5
+
+    torch.manual_seed(0)  # the mapper is initialised from the global RNG
+    return MiniGPT5(tiny_config)
+
+
+def make_caption_batch(
+    model, captions: list[str], generator: Optional[torch.Generator] = None
+) -> dict[str, torch.Tensor]:
+    """A stage-1 batch: caption + vokens tokens, random target pixels in [-1, 1], SD caption ids."""
+    from minigpt5.sequences import tokenize_for_text_encoder
+
+    cfg = model.cfg
+    res = cfg.diffusion.resolution
+    batch = model.caption_batch(captions)
+    batch["target_pixels"] = torch.rand(len(captions), 3, res, res, generator=generator) * 2 - 1  # (N, 3, H, W)
+    batch["caption_ids"] = tokenize_for_text_encoder(model.sd_tokenizer, captions, cfg.diffusion.text_max_length)
+    return batch
+
+
+@pytest.fixture
+def caption_batch() -> Callable[..., dict[str, torch.Tensor]]:
+    """``caption_batch(model, captions, generator=None)`` -> batch dict for ``model.forward``."""
+    return make_caption_batch

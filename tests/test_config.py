@@ -1,0 +1,78 @@
+"""Config dataclasses: tiny defaults and clear errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from minigpt5.config import (
+    ConfigError,
+    DiffusionConfig,
+    GuidanceConfig,
+    LLMConfig,
+    LossConfig,
+    MapperConfig,
+    MiniGPT5Config,
+    PeftSettings,
+    VokenConfig,
+)
+
+
+def test_defaults_are_the_offline_tiny_preset():
+    cfg = MiniGPT5Config()
+    assert cfg.llm.path is None and cfg.diffusion.path is None
+    assert cfg.vokens.tokens == [f"[IMG{i}]" for i in range(8)]
+    assert cfg.mapper.num_queries == 77
+    assert cfg.peft.method == "none"
+    assert cfg.diffusion.resolution % 8 == 0
+    assert 0 <= cfg.guidance.cfg_dropout < 1
+    # Separate instances: mutating one config never leaks into another.
+    other = MiniGPT5Config()
+    other.llm.hidden_size = 128
+    assert cfg.llm.hidden_size == 64
+
+
+def test_sequences_from_yaml_become_tuples():
+    assert DiffusionConfig(unet_channels=[16, 32]).unet_channels == (16, 32)
+    assert PeftSettings(lora_target_modules=["q_proj"]).lora_target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: MapperConfig(width=10, num_heads=4), "mapper.width"),
+        (lambda: MapperConfig(num_queries=0), "mapper.num_queries"),
+        (lambda: MapperConfig(dropout=1.0), "mapper.dropout"),
+        (lambda: GuidanceConfig(cfg_dropout=1.5), "guidance.cfg_dropout"),
+        (lambda: GuidanceConfig(cfg_dropout=-0.1), "guidance.cfg_dropout"),
+        (lambda: GuidanceConfig(num_inference_steps=0), "guidance.num_inference_steps"),
+        (lambda: DiffusionConfig(resolution=20), "diffusion.resolution"),
+        (lambda: DiffusionConfig(resolution=0), "diffusion.resolution"),
+        (lambda: DiffusionConfig(latent_space="VAE"), "diffusion.latent_space"),
+        (lambda: DiffusionConfig(prediction_type="sample"), "diffusion.prediction_type"),
+        (lambda: DiffusionConfig(torch_dtype="fp16"), "diffusion.torch_dtype"),
+        (lambda: LLMConfig(max_length=16), "llm.max_length"),
+        (lambda: LLMConfig(hidden_size=10, num_heads=4), "llm.hidden_size"),
+        (lambda: LLMConfig(torch_dtype="half"), "llm.torch_dtype"),
+        (lambda: VokenConfig(num_vokens=0), "vokens.num_vokens"),
+        (lambda: PeftSettings(lora_r=0), "peft.lora_r"),
+        (lambda: PeftSettings(method="ia3"), "peft.method"),
+        (lambda: LossConfig(text_weight=-1.0), "loss.text_weight"),
+        (lambda: LossConfig(cap_weight=-0.5), "loss.cap_weight"),
+        (lambda: LossConfig(min_snr_gamma=0.0), "loss.min_snr_gamma"),
+    ],
+)
+def test_invalid_values_raise_config_error_naming_the_field(make, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        make()
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_boundary_values_are_accepted():
+    GuidanceConfig(cfg_dropout=0.0)
+    LossConfig(cap_weight=0.0, min_snr_gamma=None)
+    DiffusionConfig(resolution=8, latent_space="vae", prediction_type="v_prediction")
+    MapperConfig(width=12, num_heads=4)
+    LLMConfig(max_length=17)

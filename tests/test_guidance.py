@@ -1,0 +1,103 @@
+"""Classifier-free guidance: conditioning dropout and guided sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from minigpt5.guidance import drop_features, guided_prediction, sample_latents
+
+
+class CountingDenoiser:
+    """A nonlinear stand-in for the UNet that records every call's batch size."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(x.shape[0])
+        c = cond.mean(dim=(1, 2)).view(-1, 1, 1, 1)  # (N, 1, 1, 1)
+        return torch.tanh(x * c) + 0.01 * torch.as_tensor(t, dtype=x.dtype)
+
+
+def test_drop_features_rate_and_rows():
+    n, p = 20000, 0.1
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(n, 8, 4, generator=g) + 3.0  # no row is zero by chance
+    out, dropped = drop_features(features, p, generator=torch.Generator().manual_seed(1))
+    assert dropped.shape == (n,) and dropped.dtype == torch.bool
+    # Binomial(20000, 0.1): std of the rate is 0.0021; 0.01 is ~4.7 standard deviations.
+    assert abs(dropped.float().mean().item() - p) < 0.01
+    assert torch.equal(out[dropped], torch.zeros_like(out[dropped]))
+    assert torch.equal(out[~dropped], features[~dropped])
+    assert (out[~dropped] != 0).all()
+
+
+def test_drop_features_extremes_and_determinism():
+    features = torch.randn(64, 8, 4) + 3.0
+    out, dropped = drop_features(features, 0.0)
+    assert not dropped.any() and torch.equal(out, features)
+    a = drop_features(features, 0.5, torch.Generator().manual_seed(3))
+    b = drop_features(features, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+    assert 0 < int(a[1].sum()) < 64
+
+
+def test_drop_features_passes_gradient_to_kept_rows_only():
+    features = (torch.randn(50, 8, 4) + 3.0).requires_grad_()
+    out, dropped = drop_features(features, 0.5, torch.Generator().manual_seed(4))
+    out.sum().backward()
+    assert torch.equal(features.grad[dropped], torch.zeros_like(features.grad[dropped]))
+    assert torch.equal(features.grad[~dropped], torch.ones_like(features.grad[~dropped]))
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0, 7.5])
+def test_guided_prediction_matches_two_separate_calls_with_one_doubled_call(scale):
+    g = torch.Generator().manual_seed(5)
+    N = 3
+    latents = torch.randn(N, 3, 8, 8, generator=g)
+    cond = torch.randn(N, 77, 16, generator=g)
+    uncond = torch.randn(N, 77, 16, generator=g)
+    t = torch.tensor(500)
+    reference = CountingDenoiser()
+    pred_cond = reference(latents, t, cond)
+    pred_uncond = reference(latents, t, uncond)
+    expected = pred_uncond + scale * (pred_cond - pred_uncond)
+
+    denoiser = CountingDenoiser()
+    out = guided_prediction(denoiser, latents, t, cond, uncond, scale)
+    assert denoiser.batch_sizes == [2 * N]  # exactly one call, doubled batch
+    torch.testing.assert_close(out, expected)
+
+
+def test_guided_prediction_scale_one_is_conditional_single_call():
+    g = torch.Generator().manual_seed(6)
+    latents, cond, uncond = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    denoiser = CountingDenoiser()
+    out = guided_prediction(denoiser, latents, torch.tensor(10), cond, uncond, 1.0)
+    assert denoiser.batch_sizes == [2]
+    torch.testing.assert_close(out, CountingDenoiser()(latents, torch.tensor(10), cond))
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, DDPMScheduler])
+def test_sample_latents_deterministic_under_seeded_generator(scheduler_cls):
+    g = torch.Generator().manual_seed(7)
+    cond, uncond = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    shape = (2, 3, 8, 8)
+
+    def run(seed: int, denoiser=None):
+        denoiser = denoiser or CountingDenoiser()
+        return sample_latents(
+            denoiser, scheduler_cls(num_train_timesteps=1000, clip_sample=False), shape, cond, uncond,
+            scale=3.0, num_inference_steps=4, generator=torch.Generator().manual_seed(seed),
+        )
+
+    counter = CountingDenoiser()
+    a = run(0, counter)
+    b = run(0)
+    c = run(1)
+    assert a.shape == shape and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert counter.batch_sizes == [4] * 4  # one doubled call per step
