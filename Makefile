@@ -17,16 +17,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 4000 --val-num 256
-	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml \
-		--trainer.default_root_dir=$(DEMO)/uas $(ARGS)
+	$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 2000 --val-num 200
+	@echo "== the tiny Stable Diffusion stand-in (the paper downloads SD 2.1; nothing can be downloaded here)"
+	$(BIN)/minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml
+	@echo "== stage 1 (UAS): vokens + feature mapper against the frozen tiny SD"
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS)
 	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
 		--out $(DEMO)/uas/caption_following.png
 	@echo
 	@echo "Demo outputs:"
 	@echo "  checkpoint:   $(DEMO)/uas/checkpoints/last.ckpt"
 	@echo "  sample grids: $(DEMO)/uas/samples/"
-	@echo "  TensorBoard:  $(BIN)/tensorboard --logdir $(DEMO)/uas/tensorboard"
+	@echo "  TensorBoard:  $(BIN)/tensorboard --logdir $(DEMO)"
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -10,6 +10,7 @@ Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Optional
 
 from lightning.pytorch import LightningModule
@@ -17,6 +18,23 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_models.module import MiniGPT5Module
 from lit_models.text_to_image import TextToImageModule
+from minigpt5.builders import WeightsNotFoundError
+
+
+# Warnings that are expected by design here, each silenced with its reason:
+_EXPECTED_WARNINGS = (
+    # frozen modules are kept in eval mode on purpose (no dropout in frozen parts)
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # the training stream's length is exact: every worker yields the same number of batches
+    r"Your `IterableDataset` has `__len__` defined",
+    # no val shards configured: no validation, as intended
+    r"Total length of `\w+` across ranks is zero",
+)
+
+
+def silence_expected_warnings() -> None:
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 class MiniGPT5CLI(LightningCLI):
@@ -35,6 +53,7 @@ class MiniGPT5CLI(LightningCLI):
 
 
 def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] = None) -> MiniGPT5CLI:
+    silence_expected_warnings()
     return MiniGPT5CLI(
         model_class,
         subclass_mode_data=True,
@@ -50,10 +69,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from data_modules.convert.cli import main as data_main
 
         return data_main(argv[1:])
-    if argv[:1] == ["pretrain-sd"]:
-        run_lightning(TextToImageModule, argv[1:])
-        return 0
-    run_lightning(MiniGPT5Module, argv)
+    try:
+        if argv[:1] == ["pretrain-sd"]:
+            run_lightning(TextToImageModule, argv[1:])
+        else:
+            run_lightning(MiniGPT5Module, argv)
+    except WeightsNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -53,7 +53,7 @@ def load_pretrained(what: str, path: str, loader: Callable[..., T], **kwargs: An
         offline = os.environ.get("HF_HUB_OFFLINE", "0")
         raise WeightsNotFoundError(
             f"could not load the {what} from {where}: {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
-            f"Provide it as a local folder (e.g. `huggingface-cli download {path} --local-dir DIR` on a machine "
+            f"Provide it as a local folder (e.g. `hf download {path} --local-dir DIR` on a machine "
             f"with internet, then set the config path to DIR) or make the hub reachable "
             f"(HF_HUB_OFFLINE={offline})."
         ) from err

@@ -1,0 +1,284 @@
+"""Is one training step no slower than its parts? Full step / (LLM + mapper + UNet), one run.
+
+A stage-1 (UAS) step on a model larger than the tiny preset is timed whole, exactly as
+``MiniGPT5Module.training_step`` and the optimizer run it::
+
+    model(batch) -> out.total(cfg.loss) -> backward -> AdamW step + LR schedule -> zero_grad
+
+and its three heavy parts are timed in isolation on the same inputs:
+
+1. LLM forward + backward: ``llm_forward``, text loss plus a surrogate on the voken
+   features (their sum), backward (reaches the trainable voken rows through every layer);
+2. mapper forward + backward on (N, 8, D) features that require grad, as in the step;
+3. UNet forward + backward: ``ldm_loss`` through ``model.denoise`` with a conditioning
+   tensor that requires grad (the UNet is frozen; grads flow to the conditioning only).
+
+The goal is full / (1 + 2 + 3) <= 1.10. The remainder is measured too, so the table
+explains the gap: latent encode (VAE, no grad), text encoder on the captions (CAP
+target, no grad), CAP loss, CFG dropout, and the optimizer step + zero_grad.
+
+Repetitions of every item are interleaved (round-robin, order rotated each round) so
+background load hits all of them alike; each item's figure is the median. Every
+repetition of every item is seeded with the same per-round seed, so noise, timesteps
+and dropout draws match across items. The script reports; it never asserts a time.
+
+    python benchmarks/step_breakdown.py            # defaults: ~1 minute on 2 cores
+    python benchmarks/step_breakdown.py --repeats 20 --threads 1 --latent-space pixel
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lit_models.optim import OptimConfig, build_optimizer
+from minigpt5.config import DiffusionConfig, LLMConfig, MapperConfig, MiniGPT5Config
+from minigpt5.guidance import drop_features
+from minigpt5.losses import cap_loss, ldm_loss, text_loss
+from minigpt5.model import MiniGPT5
+from minigpt5.sequences import tokenize_for_text_encoder
+
+GOAL = 1.10  # full step / sum of parts
+WORDS = (
+    "a red blue green small large circle square triangle on the white background of "
+    "in front left right with tree house dog cat sky street man woman city park day night"
+).split()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--batch", type=int, default=8, help="captions (= target images) per step")
+    add("--words", type=int, default=10, help="words per caption")
+    add("--repeats", type=int, default=12, help="timed repetitions of each item (median reported)")
+    add("--warmup", type=int, default=3, help="untimed repetitions of each item first")
+    add("--threads", type=int, default=0, help="torch threads; 0 = all cores")
+    add("--seed", type=int, default=0, help="base seed; round r of every item uses seed + r")
+    add("--llm-hidden", type=int, default=256)
+    add("--llm-layers", type=int, default=4)
+    add("--llm-heads", type=int, default=8)
+    add("--llm-intermediate", type=int, default=688)
+    add("--max-length", type=int, default=64)
+    add("--mapper-width", type=int, default=256)
+    add("--mapper-layers", type=int, default=2, help="encoder layers = decoder layers")
+    add("--mapper-ff", type=int, default=1024)
+    add("--resolution", type=int, default=32)
+    add("--latent-space", choices=("vae", "pixel"), default="vae",
+        help="vae: the tiny AutoencoderKL (/2), as real SD training; pixel: diffuse pixels")
+    add("--unet-channels", type=int, nargs="+", default=[64, 128])
+    add("--cross-attention-dim", type=int, default=128)
+    return parser.parse_args()
+
+
+def build_config(args: argparse.Namespace) -> MiniGPT5Config:
+    """A stage-1 config larger than the tiny preset (losses and guidance at their defaults)."""
+    return MiniGPT5Config(
+        llm=LLMConfig(
+            hidden_size=args.llm_hidden, num_layers=args.llm_layers, num_heads=args.llm_heads,
+            intermediate_size=args.llm_intermediate, max_length=args.max_length,
+        ),
+        mapper=MapperConfig(
+            width=args.mapper_width, num_encoder_layers=args.mapper_layers,
+            num_decoder_layers=args.mapper_layers, num_heads=8, ff_size=args.mapper_ff,
+        ),
+        diffusion=DiffusionConfig(
+            resolution=args.resolution, latent_space=args.latent_space,
+            unet_channels=tuple(args.unet_channels), cross_attention_dim=args.cross_attention_dim,
+        ),
+    )
+
+
+def make_batch(model: MiniGPT5, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Stage-1 batch: captions + vokens, random target pixels in [-1, 1], caption ids for CAP."""
+    rng = random.Random(args.seed)
+    captions = [" ".join(rng.choice(WORDS) for _ in range(args.words)) for _ in range(args.batch)]
+    batch = model.caption_batch(captions)
+    gen = torch.Generator().manual_seed(args.seed)
+    res = model.cfg.diffusion.resolution
+    batch["target_pixels"] = torch.rand(args.batch, 3, res, res, generator=gen) * 2 - 1  # (N, 3, H, W)
+    batch["caption_ids"] = tokenize_for_text_encoder(
+        model.sd_tokenizer, captions, model.cfg.diffusion.text_max_length
+    )  # (N, L)
+    return batch
+
+
+@dataclass
+class Item:
+    name: str
+    run: Callable[[], None]  # the timed work
+    reset: Callable[[], None] = lambda: None  # untimed, after each run (e.g. drop grads)
+    prepare: Callable[[], None] = lambda: None  # untimed, before each run
+
+
+def build_items(model: MiniGPT5, batch: dict[str, torch.Tensor]) -> tuple[list[Item], list[str], list[str]]:
+    """The full step, its three parts and the remainder's pieces, all on the same inputs."""
+    cfg = model.cfg
+    optimizer, schedule = build_optimizer(model, OptimConfig(), ("mapper.",), total_steps=1000)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def drop_grads() -> None:
+        model.zero_grad(set_to_none=True)
+
+    # Fixed inputs of the isolated parts, shaped as in the full step.
+    with torch.no_grad():
+        _, hidden = model.llm_forward(batch["input_ids"], batch["attention_mask"])
+        features0 = model.voken_features(batch["input_ids"], hidden)  # (N, n, D)
+        cond0 = model.condition(features0)  # (N, Q, C)
+    latents = model.encode_images(batch["target_pixels"])  # (N, c, h, w)
+    grad_cond = torch.randn_like(cond0)  # stands in for dL/dcond from the UNet and CAP losses
+    fake_grads = [torch.randn_like(p) * 1e-3 for p in trainable]
+
+    def full() -> None:
+        out = model(batch)
+        out.total(cfg.loss).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def llm() -> None:
+        logits, hidden = model.llm_forward(batch["input_ids"], batch["attention_mask"])
+        loss = cfg.loss.text_weight * text_loss(logits, batch["labels"])
+        loss = loss + model.voken_features(batch["input_ids"], hidden).sum()  # surrogate for the image side
+        loss.backward()
+
+    def mapper() -> None:
+        features = features0.detach().requires_grad_(True)  # grads flow back to the LLM in the step
+        model.condition(features).backward(grad_cond)
+
+    def unet() -> None:
+        cond = cond0.detach().requires_grad_(True)
+        loss = ldm_loss(model.denoise, model.scheduler, latents, cond, min_snr_gamma=cfg.loss.min_snr_gamma)
+        loss.backward()
+
+    def latent_encode() -> None:
+        model.encode_images(batch["target_pixels"])
+
+    def cap_targets() -> None:
+        # What forward does for CAP besides the loss: tokenize "", pick ids, run the text encoder.
+        ids = batch["caption_ids"]
+        empty = tokenize_for_text_encoder(model.sd_tokenizer, [""], ids.shape[1])
+        model.encode_captions(torch.where(torch.zeros(ids.shape[0], dtype=torch.bool)[:, None], empty, ids))
+
+    targets = model.encode_captions(batch["caption_ids"])
+
+    def cap_loss_fb() -> None:
+        cap_loss(cond0.detach().requires_grad_(True), targets).backward()
+
+    def cfg_dropout() -> None:
+        drop_features(features0, cfg.guidance.cfg_dropout)
+
+    def set_fake_grads() -> None:
+        for p, g in zip(trainable, fake_grads):
+            p.grad = g.clone()
+
+    def optim_step() -> None:
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    items = [
+        Item("full step", full),
+        Item("LLM fwd+bwd", llm, drop_grads),
+        Item("mapper fwd+bwd", mapper, drop_grads),
+        Item("UNet fwd+bwd (ldm_loss)", unet, drop_grads),
+        Item("latent encode (no grad)", latent_encode),
+        Item("CAP targets: text encoder", cap_targets),
+        Item("CAP loss fwd+bwd", cap_loss_fb),
+        Item("CFG dropout", cfg_dropout),
+        Item("AdamW + schedule + zero_grad", optim_step, prepare=set_fake_grads),
+    ]
+    parts = ["LLM fwd+bwd", "mapper fwd+bwd", "UNet fwd+bwd (ldm_loss)"]
+    remainder = [
+        "latent encode (no grad)", "CAP targets: text encoder", "CAP loss fwd+bwd",
+        "CFG dropout", "AdamW + schedule + zero_grad",
+    ]
+    return items, parts, remainder
+
+
+def time_items(items: list[Item], warmup: int, repeats: int, seed: int) -> dict[str, list[float]]:
+    """Round-robin over the items, order rotated each round; seconds per run."""
+    times: dict[str, list[float]] = {item.name: [] for item in items}
+    for r in range(warmup + repeats):
+        shift = r % len(items)
+        for item in items[shift:] + items[:shift]:
+            item.prepare()
+            torch.manual_seed(seed + r)  # per-step seeding, as on_train_batch_start does
+            start = time.perf_counter()
+            item.run()
+            elapsed = time.perf_counter() - start
+            item.reset()
+            if r >= warmup:
+                times[item.name].append(elapsed)
+    return times
+
+
+def iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q3 - q1
+
+
+def main() -> None:
+    args = parse_args()
+    # nn.Transformer's note that norm_first disables nested tensors: expected, not news here.
+    warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    cfg = build_config(args)
+    model = MiniGPT5(cfg).train()
+    batch = make_batch(model, args)
+
+    count = lambda trainable: sum(p.numel() for p in model.parameters() if p.requires_grad == trainable)
+    print(f"torch {torch.__version__}, {threads} thread(s) of {os.cpu_count()} cores")
+    print(
+        f"config: LLM {cfg.llm.hidden_size}x{cfg.llm.num_layers} (ff {cfg.llm.intermediate_size}), "
+        f"mapper {cfg.mapper.width} {cfg.mapper.num_encoder_layers}+{cfg.mapper.num_decoder_layers} "
+        f"(ff {cfg.mapper.ff_size}), UNet {cfg.diffusion.unet_channels} x-attn {cfg.diffusion.cross_attention_dim}, "
+        f"{cfg.diffusion.latent_space} space at {cfg.diffusion.resolution}px "
+        f"(UNet input {cfg.diffusion.resolution // model.latents.downsample_factor}px)"
+    )
+    print(
+        f"batch: {args.batch} captions of {args.words} words, input_ids {tuple(batch['input_ids'].shape)}, "
+        f"caption_ids {tuple(batch['caption_ids'].shape)}; params {count(True):,} trainable, {count(False):,} frozen"
+    )
+
+    items, parts, remainder = build_items(model, batch)
+    times = time_items(items, args.warmup, args.repeats, args.seed)
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    # Interquartile range: a neighbour's burst stalls a few repetitions by seconds; max - min would show only that.
+    spread = {name: 1000 * iqr(t) for name, t in times.items()}
+
+    full = ms["full step"]
+    sum_parts = sum(ms[n] for n in parts)
+    sum_rest = sum(ms[n] for n in remainder)
+    ratio = full / sum_parts
+    print(f"\nmedian of {args.repeats} interleaved repetitions ({args.warmup} warm-up), ms; IQR = p75 - p25")
+    row = "{:<34} {:>9} {:>9}"
+    print(row.format("item", "median", "IQR"))
+    print(row.format("-" * 34, "-" * 9, "-" * 9))
+    for name in parts:
+        print(row.format(f"  {name}", f"{ms[name]:.1f}", f"{spread[name]:.1f}"))
+    print(row.format("sum of parts", f"{sum_parts:.1f}", ""))
+    for name in remainder:
+        print(row.format(f"  + {name}", f"{ms[name]:.1f}", f"{spread[name]:.1f}"))
+    print(row.format("sum of parts + remainder", f"{sum_parts + sum_rest:.1f}", ""))
+    print(row.format("full step", f"{full:.1f}", f"{spread['full step']:.1f}"))
+    print(row.format("unexplained (full - all above)", f"{full - sum_parts - sum_rest:.1f}", ""))
+    print(f"\nratio full / sum of parts          = {ratio:.3f}   (goal <= {GOAL:.2f})")
+    print(f"ratio full / (parts + remainder)   = {full / (sum_parts + sum_rest):.3f}")
+    verdict = "MET" if ratio <= GOAL else "NOT MET"
+    print(f"goal {verdict}: full step is {100 * (ratio - 1):+.1f}% over the sum of its parts")
+
+
+if __name__ == "__main__":
+    main()

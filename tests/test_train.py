@@ -1,0 +1,146 @@
+"""Stage-1 training through the CLI: resume, NaN guard, clear errors, checkpoint contents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_modules.synthetic import write_synthetic
+from lit_models.cli import main, run_lightning
+from lit_models.module import MiniGPT5Module, NonFiniteLossError
+from minigpt5.builders import WeightsNotFoundError
+from minigpt5.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml")]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("syn"), num=64, val_num=16, size=16, seed=0, shard_size=16)
+
+
+def run_config(tmp_path: Path, kill_at: int | None = None) -> str:
+    """A test overlay: checkpoint every step, small samples grid, optional preemption."""
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 1, "save_top_k": 1, "save_last": True}},
+        {"class_path": "callbacks.samples.SampleGrid",
+         "init_args": {"captions": ["a red circle"], "num_seeds": 1, "num_inference_steps": 2, "every_n_steps": 100}},
+    ]
+    if kill_at is not None:
+        callbacks.append({"class_path": "kill_switch.KillAtStep", "init_args": {"step": kill_at}})
+    path = tmp_path / f"run{kill_at}.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "enable_progress_bar": False}}))
+    return str(path)
+
+
+def fit_args(shards, root: Path, overlay: str, steps: int) -> list[str]:
+    return BASE + ["-c", overlay, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
+                   f"--data.train_shards={shards.train}", "--data.batch_size=4", "--data.num_workers=2",
+                   "--data.samples_per_epoch=32", "--data.shuffle_buffer=16", "--model.optim.warmup_steps=2"]
+
+
+def cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lit_models.cli", "fit", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def trainable_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumed_from_last_matches_uninterrupted(shards, tmp_path):
+    # 8 batches per epoch from 2 workers: the kill after step 5 lands mid-epoch, on an odd batch.
+    steps, kill_at = 7, 5
+    straight = cli(fit_args(shards, tmp_path / "a", run_config(tmp_path), steps))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = cli(fit_args(shards, tmp_path / "b", run_config(tmp_path, kill_at), steps))
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == kill_at
+
+    resumed = cli(fit_args(shards, tmp_path / "b", run_config(tmp_path), steps) + ["--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = trainable_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    b = trainable_weights(last)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    # The run trained: weights moved away from their initial values.
+    init = MiniGPT5Module().state_dict()
+    assert not torch.equal(a["model.vokens.input_rows"], init["model.vokens.input_rows"])
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_trainable_weights_logs_and_samples(shards, tmp_path):
+    root = tmp_path / "run"
+    result = cli(fit_args(shards, root, run_config(tmp_path), 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module = MiniGPT5Module()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(ckpt["state_dict"]) == trainable
+    assert all(k.startswith(("model.vokens.", "model.mapper.")) for k in trainable)
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert ckpt["CC3MDataModule"]["stream_position"]["batches"] == 2  # where the data stream resumes
+    assert list(root.glob("events.out.tfevents.*")), "no TensorBoard events in the run directory"
+    assert (root / "samples" / "step_000002.png").is_file()
+
+
+def test_non_finite_loss_stops_training_before_any_checkpoint(shards, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = MiniGPT5Module.model_step
+
+    def poisoned(self, batch, generator=None):
+        total, losses = original(self, batch, generator)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            total = total * float("nan")
+        return total, losses
+
+    monkeypatch.setattr(MiniGPT5Module, "model_step", poisoned)
+    args = ["fit"] + fit_args(shards, tmp_path, run_config(tmp_path), 10) + ["--data.num_workers=0"]
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss at global step 2"):
+        run_lightning(MiniGPT5Module, args)
+    ckpts = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert ckpts, "the steps before the NaN should have been checkpointed"
+    for path in ckpts:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert ckpt["global_step"] <= 2
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_missing_shard_path_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "nowhere" / "train-{000000..000001}.tar")
+    with pytest.raises(FileNotFoundError, match="nowhere/train-000000.tar"):
+        run_lightning(MiniGPT5Module, ["fit"] + BASE + [f"--data.train_shards={missing}",
+                                                         f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_bad_config_value_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"guidance.cfg_dropout must be in \[0, 1\), got 1.5"):
+        main(["fit"] + BASE + ["--model.config.guidance.cfg_dropout=1.5", f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit"] + BASE + ["--model.config.guidance.scael=2", f"--trainer.default_root_dir={tmp_path}"])
+    assert "scael" in capsys.readouterr().err
+
+
+def test_paper_config_names_the_missing_weights(tmp_path):
+    args = ["fit", "-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/paper.yaml"),
+            f"--trainer.default_root_dir={tmp_path}"]
+    with pytest.raises(WeightsNotFoundError, match="lmsys/vicuna-7b-v1.5"):
+        run_lightning(MiniGPT5Module, args)
