@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="PNG path for the trained/untrained comparison grid")
     args = parser.parse_args()
 
-    trained = MiniGPT5Module.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
+    trained = MiniGPT5Module.from_checkpoint(args.ckpt)
     torch.manual_seed(0)
     untrained = MiniGPT5Module(config=trained.config, optim=trained.optim)
     guidance = trained.config.guidance

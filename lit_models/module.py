@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -90,6 +91,17 @@ class MiniGPT5Module(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: Any = "cpu") -> "MiniGPT5Module":
+        """Rebuild the module from a checkpoint's config and load its trainable weights.
+
+        Lightning warns about every frozen key absent from the checkpoint; that is the
+        design here, and :meth:`on_load_checkpoint` checks the trainable keys exactly.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
+            return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()

@@ -41,6 +41,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig, fast_prefixes: tuple[str, .
         groups.setdefault(key, []).append(param)
     return [
         {
+            "name": f"{'fast' if fast else 'base'}{'' if decay else '_no_decay'}",
             "params": params,
             "lr": cfg.lr * (cfg.mapper_lr_scale if fast else 1.0),
             "weight_decay": cfg.weight_decay if decay else 0.0,
