@@ -55,10 +55,12 @@ class MiniGPT5CLI(LightningCLI):
             logger.init_args.save_dir = config.trainer.default_root_dir or "."
 
 
-def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] = None) -> MiniGPT5CLI:
+def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] = None, run: bool = True) -> MiniGPT5CLI:
+    """Parse ``args`` (a subcommand first when ``run``) and run it; ``run=False`` only builds."""
     silence_expected_warnings()
     return MiniGPT5CLI(
         model_class,
+        run=run,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},

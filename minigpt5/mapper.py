@@ -28,9 +28,9 @@ class FeatureMapper(nn.Module):
             norm_first=True,
         )
         self.queries = nn.Parameter(torch.randn(cfg.num_queries, cfg.width) * 0.02)  # (Q, W)
-        # The decoder output is layer-normed; a linear head lets it match the SD text
-        # encoder's scale and width (the paper's width equals SD 2.1's 1024).
-        self.out = nn.Linear(cfg.width, cross_attention_dim)
+        # The paper's width equals SD 2.1's text width (1024) and has no output head;
+        # a narrower mapper (the tiny preset) gets a linear head to the UNet's width.
+        self.out = nn.Identity() if cfg.width == cross_attention_dim else nn.Linear(cfg.width, cross_attention_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.mlp(features)  # (N, n, W)

@@ -124,6 +124,8 @@ class MiniGPT5(nn.Module):
         """Hidden states at the positions that predict each voken -> (N, n, D).
 
         For every ``[IMG0]`` at position p, positions p-1 .. p+n-2 predict [IMG0]..[IMG{n-1}].
+        These are the states generation has when it emits the vokens. (The paper's code
+        trains on positions p .. p+n-1 but generates from p-1 .. p+n-2, a mismatch we avoid.)
         """
         n = self.cfg.vokens.num_vokens
         rows, starts = (input_ids == self.voken_ids[0]).nonzero(as_tuple=True)  # (N,), (N,)

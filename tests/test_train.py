@@ -144,3 +144,11 @@ def test_paper_config_names_the_missing_weights(tmp_path):
             f"--trainer.default_root_dir={tmp_path}"]
     with pytest.raises(WeightsNotFoundError, match="lmsys/vicuna-7b-v1.5"):
         run_lightning(MiniGPT5Module, args)
+
+
+def test_configs_interpolate_in_omegaconf_mode(tmp_path):
+    overlay = tmp_path / "interp.yaml"
+    overlay.write_text("trainer:\n  max_steps: 7\nmodel:\n  optim:\n    warmup_steps: ${trainer.max_steps}\n")
+    cli = run_lightning(MiniGPT5Module, BASE + ["-c", str(overlay), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert cli.model.optim.warmup_steps == 7
+    assert cli.datamodule.model_config == cli.model.config  # linked, so tokenizers match
