@@ -228,6 +228,26 @@ def time_items(items: list[Item], warmup: int, repeats: int, seed: int) -> dict[
     return times
 
 
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores kept busy by other processes, sampled from /proc/stat while this one sleeps.
+
+    The load average would do, but it lags: it still counts a benchmark run a minute ago.
+    """
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = read()
+        time.sleep(seconds)
+        busy1, total1 = read()
+    except OSError:
+        return os.getloadavg()[0]
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def iqr(values: list[float]) -> float:
     if len(values) < 2:
         return 0.0
@@ -242,7 +262,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     threads = args.threads or cores
     torch.set_num_threads(threads)
-    load = os.getloadavg()[0]  # other processes: read before this run adds to it
+    busy = busy_cores()  # before this run adds to it
     torch.manual_seed(args.seed)
     cfg = build_config(args)
     model = MiniGPT5(cfg).train()
@@ -250,8 +270,8 @@ def main() -> None:
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    print(f"torch {torch.__version__}, {threads} thread(s) of {cores} cores, load average {load:.1f} before start")
-    if load + threads > cores + 0.5:
+    print(f"torch {torch.__version__}, {threads} thread(s) of {cores} cores; {busy:.1f} kept busy by others at start")
+    if busy + threads > cores + 0.3:
         print(
             "note: other processes are using the cores; multi-threaded ops then wait on their slowest "
             "thread and every figure inflates (try --threads 1, or rerun when the machine is idle)"

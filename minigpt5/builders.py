@@ -81,12 +81,17 @@ class VAELatents(nn.Module):
         self.scaling_factor = float(vae.config.scaling_factor)
         self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        # One parameter is enough; diffusers' own .dtype walks every submodule.
+        return next(self.vae.parameters()).dtype
+
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        dist = self.vae.encode(pixels.to(self.dtype)).latent_dist
         return dist.sample(generator) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+        return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
 
 
 @dataclass

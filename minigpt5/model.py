@@ -73,6 +73,9 @@ class MiniGPT5(nn.Module):
         self.text_encoder = parts.text_encoder
         self.unet = parts.unet
         self.latents = parts.latents
+        # diffusers' ``.dtype`` walks every submodule; the UNet's dtype is fixed by the config.
+        self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
+        self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
         self.mark_trainable()
 
     # ---- what trains ----
@@ -148,7 +151,7 @@ class MiniGPT5(nn.Module):
     # ---- the diffusion side ----
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy.to(self.unet.dtype), timesteps, encoder_hidden_states=cond.to(self.unet.dtype)).sample
+        return self.unet(noisy.to(self.unet_dtype), timesteps, encoder_hidden_states=cond.to(self.unet_dtype)).sample
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -159,6 +162,14 @@ class MiniGPT5(nn.Module):
     def encode_captions(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """SD text-encoder output (N, L, C) for caption ids (N, L)."""
         return self.text_encoder(caption_ids)[0].float()
+
+    def null_caption(self, length: int, device: torch.device) -> torch.Tensor:
+        """SD's own null conditioning, the embedding of the empty caption -> (1, L, C)."""
+        cached = self._null_caption
+        if cached is None or cached.shape[1] != length or cached.device != device:
+            ids = tokenize_for_text_encoder(self.sd_tokenizer, [""], length).to(device)
+            self._null_caption = cached = self.encode_captions(ids)
+        return cached
 
     # ---- training ----
 
@@ -178,10 +189,11 @@ class MiniGPT5(nn.Module):
         )
         loss_cap = None
         if self.cfg.loss.cap_weight > 0 and "caption_ids" in batch:
+            caption_ids = batch["caption_ids"]
+            target = self.encode_captions(caption_ids)  # (N, L, C)
             # Dropped samples are aligned with the empty caption: SD's own null conditioning.
-            empty = tokenize_for_text_encoder(self.sd_tokenizer, [""], batch["caption_ids"].shape[1])
-            caption_ids = torch.where(dropped[:, None], empty.to(batch["caption_ids"].device), batch["caption_ids"])
-            loss_cap = cap_loss(cond, self.encode_captions(caption_ids))
+            target = torch.where(dropped[:, None, None], self.null_caption(caption_ids.shape[1], caption_ids.device), target)
+            loss_cap = cap_loss(cond, target)
         return MiniGPT5Output(text=loss_text, ldm=loss_ldm, cap=loss_cap)
 
     # ---- sampling ----
@@ -211,7 +223,7 @@ class MiniGPT5(nn.Module):
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
         sampler = DDIMScheduler.from_config(self.scheduler.config)
         latents = sample_latents(
-            self.denoise, sampler, shape, cond.to(self.unet.dtype), uncond.to(self.unet.dtype),
+            self.denoise, sampler, shape, cond.to(self.unet_dtype), uncond.to(self.unet_dtype),
             scale=g.scale if scale is None else scale,
             num_inference_steps=num_inference_steps or g.num_inference_steps,
             generator=generator,

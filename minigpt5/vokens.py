@@ -72,6 +72,10 @@ class VokenRows(nn.Module):
         return torch.where(is_voken.unsqueeze(-1), rows, base)
 
     def extend_logits(self, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
-        """Append the voken logits: (B, T, V) and hidden (B, T, D) -> (B, T, V + n)."""
+        """Append the voken logits: (B, T, V) and hidden (B, T, D) -> (B, T, V + n).
+
+        The result keeps the base logits' dtype: with a bf16 LLM, an fp32 copy of a
+        32k-vocabulary logit tensor would cost more than the whole voken head.
+        """
         voken_logits = hidden.to(self.output_rows.dtype) @ self.output_rows.t()  # (B, T, n)
-        return torch.cat([base_logits.to(voken_logits.dtype), voken_logits], dim=-1)
+        return torch.cat([base_logits, voken_logits.to(base_logits.dtype)], dim=-1)
