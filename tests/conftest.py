@@ -16,6 +16,7 @@ os.environ["TORCH_HOME"] = os.path.join(_HF_TMP, "torch")
 # cores (measured: sampling 0.1 s vs 0.5 s under load). Set OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
 from typing import Callable, Optional  # noqa: E402
 
 import pytest  # noqa: E402
@@ -57,3 +58,18 @@ def make_caption_batch(
 def caption_batch() -> Callable[..., dict[str, torch.Tensor]]:
     """``caption_batch(model, captions, generator=None)`` -> batch dict for ``model.forward``."""
     return make_caption_batch
+
+
+# The datasets' own sample files live in ../shared/samples beside the checkout (as in CI).
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+@pytest.fixture
+def samples_dir() -> Path:
+    """``../shared/samples``; skipped when absent, but a failure under CI, where it must be there."""
+    if not SAMPLES.is_dir():
+        message = f"dataset samples not found at {SAMPLES}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SAMPLES

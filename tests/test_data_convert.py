@@ -14,25 +14,24 @@ from PIL import Image
 from data_modules.convert.cc3m import convert_cc3m
 from data_modules.convert.cli import main
 
-SAMPLE_TSV = Path("/work/shared/samples/CC3M/cc3m_val.tsv")
 
 
 def read_shards(spec: str) -> list[dict]:
     return list(wds.WebDataset(spec, shardshuffle=False, empty_check=False))
 
 
-@pytest.mark.skipif(not SAMPLE_TSV.is_file(), reason="CC3M sample tsv not present")
-def test_real_sample_tsv_round_trips(tmp_path):
-    summary = convert_cc3m(SAMPLE_TSV, tmp_path / "shards")
+def test_real_sample_tsv_round_trips(tmp_path, samples_dir):
+    sample_tsv = samples_dir / "CC3M" / "cc3m_val.tsv"
+    summary = convert_cc3m(sample_tsv, tmp_path / "shards")
     assert (summary.rows, summary.written, summary.missing, summary.corrupt, summary.malformed) == (2, 2, 0, 0, 0)
     assert summary.shards == [str(tmp_path / "shards" / "000000.tar")]
 
-    rows = [line.split("\t") for line in SAMPLE_TSV.read_text().splitlines()[1:]]
+    rows = [line.split("\t") for line in sample_tsv.read_text().splitlines()[1:]]
     samples = read_shards(summary.spec)
     assert [s["__key__"] for s in samples] == ["000000000", "000000001"]
     for sample, (caption, image_path), lineno in zip(samples, rows, (2, 3)):
         assert sample["txt"].decode() == caption
-        assert sample["jpg"] == (SAMPLE_TSV.parent / image_path).read_bytes()  # JPEG kept byte for byte
+        assert sample["jpg"] == (sample_tsv.parent / image_path).read_bytes()  # JPEG kept byte for byte
         assert json.loads(sample["json"]) == {"caption": caption, "source": image_path, "row": lineno}
 
 
