@@ -8,9 +8,8 @@ local folder or hub id; failures name what is missing and how to provide it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -28,35 +27,16 @@ from transformers import (
 )
 
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
 from minigpt5.tokenizer import build_tiny_tokenizer
+from minigpt5.vision import IMAGE_TOKEN, VisionTower
 from minigpt5.vokens import add_voken_tokens
 
 TINY_SEED = 0
-T = TypeVar("T")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights named in the config could not be loaded."""
 
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
-
-
-def load_pretrained(what: str, path: str, loader: Callable[..., T], **kwargs: Any) -> T:
-    """Call a ``from_pretrained`` loader; turn any failure into one clear error."""
-    try:
-        return loader(path, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
-        subfolder = kwargs.get("subfolder")
-        where = f"'{path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
-        offline = os.environ.get("HF_HUB_OFFLINE", "0")
-        raise WeightsNotFoundError(
-            f"could not load the {what} from {where}: {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
-            f"Provide it as a local folder (e.g. `hf download {path} --local-dir DIR` on a machine "
-            f"with internet, then set the config path to DIR) or make the hub reachable "
-            f"(HF_HUB_OFFLINE={offline})."
-        ) from err
 
 
 class PixelSpace(nn.Module):
@@ -106,6 +86,7 @@ class Components:
     unet: UNet2DConditionModel
     latents: nn.Module
     scheduler: DDPMScheduler
+    vision: Optional[VisionTower] = None  # None when vision.kind is "none"
 
 
 # ---- tokenizers (also used by the data modules, without building any model) ----
@@ -126,6 +107,9 @@ def build_llm_tokenizer(cfg: MiniGPT5Config) -> tuple[PreTrainedTokenizerBase, l
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     voken_ids = add_voken_tokens(tokenizer, cfg.vokens, llm_embedding_rows(cfg.llm))
+    # The input-image placeholder comes right after the vokens; its embedding is never
+    # looked up (projected image tokens replace it), so the LLM needs no new row for it.
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     return tokenizer, voken_ids
 
 
@@ -235,4 +219,5 @@ def build_components(cfg: MiniGPT5Config) -> Components:
         torch.manual_seed(TINY_SEED)
         llm = build_llm(cfg.llm, vocab_size=voken_ids[0])
         text_encoder, unet, latents, scheduler = build_diffusion(cfg.diffusion, len(sd_tokenizer))
-    return Components(llm, tokenizer, voken_ids, text_encoder, sd_tokenizer, unet, latents, scheduler)
+        vision = VisionTower(cfg.vision) if cfg.vision.kind != "none" else None
+    return Components(llm, tokenizer, voken_ids, text_encoder, sd_tokenizer, unet, latents, scheduler, vision)

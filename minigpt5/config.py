@@ -73,6 +73,7 @@ class MapperConfig:
     ff_size: int = 128
     num_queries: int = 77  # SD's text-encoder sequence length
     dropout: float = 0.0
+    train_mlp_and_queries: bool = True  # the paper freezes the first MLP and the queries in stage 2
 
     def __post_init__(self) -> None:
         _check(self.width % self.num_heads == 0, "mapper.width must be divisible by mapper.num_heads")
@@ -102,6 +103,25 @@ class DiffusionConfig:
         _check_choice("diffusion.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
         _check_choice("diffusion.torch_dtype", self.torch_dtype, _DTYPES)
         self.unet_channels = tuple(self.unet_channels)
+
+
+@dataclass
+class VisionConfig:
+    """Frozen image encoder for images in the context (stage 2), feeding a trainable projection."""
+
+    kind: Literal["none", "clip", "blip2"] = "none"  # none: no input-side images (stage 1)
+    path: Optional[str] = None  # CLIP vision tower, or BLIP-2 (ViT + Q-Former); None builds a tiny one
+    image_size: int = 32  # tiny only; a loaded tower uses its own
+    hidden_size: int = 32  # tiny only
+    num_layers: int = 1  # tiny only
+    patch_size: int = 16  # tiny only
+    num_query_tokens: int = 4  # tiny blip2 only (the paper's Q-Former has 32)
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        _check_choice("vision.kind", self.kind, ("none", "clip", "blip2"))
+        _check_choice("vision.torch_dtype", self.torch_dtype, _DTYPES)
+        _check(self.image_size % self.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size")
 
 
 @dataclass
@@ -157,6 +177,7 @@ class MiniGPT5Config:
     vokens: VokenConfig = field(default_factory=VokenConfig)
     mapper: MapperConfig = field(default_factory=MapperConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
     peft: PeftSettings = field(default_factory=PeftSettings)
     loss: LossConfig = field(default_factory=LossConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)

@@ -17,6 +17,7 @@ from minigpt5.guidance import drop_features, sample_latents
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
+from minigpt5.vision import IMAGE_TOKEN
 from minigpt5.vokens import VokenRows
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class MiniGPT5(nn.Module):
       input_ids, attention_mask, labels: (B, T) — labels -100 where no text loss;
       target_pixels: (N, 3, H, W) in [-1, 1], one per ``[IMG0]`` in input_ids, in
         row-major order of appearance;
-      caption_ids: optional (N, L) SD text-encoder ids of each target's caption (CAP loss).
+      caption_ids: optional (N, L) SD text-encoder ids of each target's caption (CAP loss);
+      input_pixels: optional (M, 3, S, S) context images, tower-normalised, one per run of
+        ``<ImageHere>`` placeholders in input_ids, in row-major order.
     """
 
     def __init__(self, cfg: MiniGPT5Config, parts: Optional[Components] = None) -> None:
@@ -73,6 +76,9 @@ class MiniGPT5(nn.Module):
         self.text_encoder = parts.text_encoder
         self.unet = parts.unet
         self.latents = parts.latents
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.vision = parts.vision
+        self.input_projection = nn.Linear(parts.vision.width, hidden) if parts.vision is not None else None
         # diffusers' ``.dtype`` walks every submodule; the UNet's dtype is fixed by the config.
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
@@ -81,8 +87,10 @@ class MiniGPT5(nn.Module):
     # ---- what trains ----
 
     def is_trainable_name(self, name: str) -> bool:
-        """The single rule for what trains: voken rows, mapper, LLM adapter."""
-        if name.startswith(("vokens.", "mapper.")):
+        """The single rule for what trains: voken rows, mapper, input projection, LLM adapter."""
+        if name.startswith(("mapper.mlp.", "mapper.queries")):
+            return self.cfg.mapper.train_mlp_and_queries
+        if name.startswith(("vokens.", "mapper.", "input_projection.")):
             return True
         return name.startswith("llm.") and name[len("llm."):] in self._adapter_names
 
@@ -99,6 +107,8 @@ class MiniGPT5(nn.Module):
     def frozen_modules(self) -> list[nn.Module]:
         """Modules with no trainable parameter; kept in eval mode (no dropout)."""
         modules = [self.text_encoder, self.unet, self.latents]
+        if self.vision is not None:
+            modules.append(self.vision)
         if not self._adapter_names:
             modules.append(self.llm)
         return modules
@@ -116,9 +126,30 @@ class MiniGPT5(nn.Module):
 
     # ---- the LLM side ----
 
-    def llm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_inputs(self, input_ids: torch.Tensor, input_pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings (B, T, D): voken rows joined in, and the projected tokens of each
+        input image (M, 3, S, S) written over its run of ``<ImageHere>`` placeholders."""
+        is_image = input_ids == self.image_token_id  # (B, T)
+        embeds = self.vokens.embed(input_ids.masked_fill(is_image, 0), self.llm.get_input_embeddings())
+        if not is_image.any():
+            return embeds
+        if input_pixels is None or self.vision is None:
+            raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
+        with torch.no_grad():
+            tokens = self.vision(input_pixels)  # (M, k, Dv)
+        features = self.input_projection(tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
+        if features.shape[0] * features.shape[1] != int(is_image.sum()):
+            raise ValueError(
+                f"{int(is_image.sum())} image placeholders for {features.shape[0]} input images "
+                f"of {features.shape[1]} tokens each"
+            )
+        return embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
+
+    def llm_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_pixels: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)."""
-        embeds = self.vokens.embed(input_ids, self.llm.get_input_embeddings())  # (B, T, D)
+        embeds = self.embed_inputs(input_ids, input_pixels)  # (B, T, D)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
         hidden = out.hidden_states[-1]  # (B, T, D), after the final norm
         return self.vokens.extend_logits(hidden, out.logits), hidden
@@ -174,7 +205,7 @@ class MiniGPT5(nn.Module):
     # ---- training ----
 
     def forward(self, batch: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> MiniGPT5Output:
-        logits, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"])
+        logits, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"], batch.get("input_pixels"))
         loss_text = text_loss(logits, batch["labels"])
         features = self.voken_features(batch["input_ids"], hidden)  # (N, n, D)
         pixels = batch["target_pixels"]

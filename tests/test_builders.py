@@ -132,7 +132,8 @@ def test_local_llm_folder_with_padded_vocabulary(tmp_path):
     assert llm_embedding_rows(cfg.llm) == rows
     tokenizer, voken_ids = build_llm_tokenizer(cfg)
     assert voken_ids == list(range(rows, rows + 8))
-    assert len(tokenizer) == rows + 8
+    assert tokenizer.convert_tokens_to_ids("<ImageHere>") == rows + 8  # the input-image placeholder
+    assert len(tokenizer) == rows + 9
 
     torch.manual_seed(0)
     model = MiniGPT5(cfg)

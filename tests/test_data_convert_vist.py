@@ -15,11 +15,6 @@ from data_modules.convert.cli import main
 from data_modules.convert.common import safe_key
 from data_modules.convert.vist import convert_vist
 
-SAMPLES = Path("/work/shared/samples/VIST")
-STORIES = SAMPLES / "val_cleaned.json"
-MAPPING = SAMPLES / "val_image_mapping.json"
-
-
 def read_shards(spec: str, decode: bool = False) -> list[dict]:
     dataset = wds.WebDataset(spec, shardshuffle=False, empty_check=False)
     return list(dataset.decode("pil") if decode else dataset)
@@ -35,28 +30,28 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="VIST samples not present in /work/shared/samples/VIST")
-def test_real_sample_round_trips_in_sequence_order(tmp_path):
-    summary = convert_vist(STORIES, MAPPING, tmp_path / "shards")
+def test_real_sample_round_trips_in_sequence_order(tmp_path, samples_dir):
+    stories, mapping_path = samples_dir / "VIST" / "val_cleaned.json", samples_dir / "VIST" / "val_image_mapping.json"
+    summary = convert_vist(stories, mapping_path, tmp_path / "shards")
     assert (summary.read, summary.written, summary.parts, summary.images) == (1, 1, 5, 5)
     assert (dict(summary.problems), dict(summary.skipped)) == ({}, {})
     assert summary.shards == [str(tmp_path / "shards" / "000000.tar")] == [summary.spec]
     assert "stories 1: written 1, skipped 0; 5 steps and 5 images written; problems: none" in str(summary)
 
-    (story_id, steps), = json.loads(STORIES.read_text()).items()
-    mapping = json.loads(MAPPING.read_text())
+    ((story_id, steps),) = json.loads(stories.read_text()).items()
+    mapping = json.loads(mapping_path.read_text())
     steps = sorted(steps, key=lambda s: s["sequence_index"])
     (sample,) = read_shards(summary.spec)
     assert sample["__key__"] == story_id == "40470"
     assert json.loads(sample["json"]) == {
         "story_id": story_id,
         "steps": [
-            {"text": s["caption"], "image": f"{n}.jpg", "image_id": s["image_id"], "sequence_index": s["sequence_index"]}
+            dict(text=s["caption"], image=f"{n}.jpg", image_id=s["image_id"], sequence_index=s["sequence_index"])
             for n, s in enumerate(steps)
         ],
     }
     for n, step in enumerate(steps):  # JPEGs kept byte for byte, in sequence order
-        assert sample[f"{n}.jpg"] == (MAPPING.parent / mapping[step["image_id"]]).read_bytes()
+        assert sample[f"{n}.jpg"] == (mapping_path.parent / mapping[step["image_id"]]).read_bytes()
     assert sorted(k for k in sample if not k.startswith("__")) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "json"]
 
 

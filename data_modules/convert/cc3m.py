@@ -7,14 +7,12 @@ number and counted in the returned :class:`ConversionSummary`.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from PIL import Image
-
+from data_modules.convert.common import jpeg_bytes
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
 
 log = logging.getLogger(__name__)
@@ -39,18 +37,6 @@ class ConversionSummary:
             f"rows {self.rows}: written {self.written}, missing {self.missing}, corrupt {self.corrupt}, "
             f"malformed {self.malformed}; {len(self.shards)} shards: {self.spec or '(none)'}"
         )
-
-
-def jpeg_bytes(path: Path) -> bytes:
-    """The file's bytes if it is a JPEG, else the image re-encoded as JPEG; raises on a corrupt image."""
-    data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # decode fully: a truncated file fails here
-        if image.format == "JPEG":
-            return data
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=95)
-        return buffer.getvalue()
 
 
 def _samples(

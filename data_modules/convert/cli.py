@@ -7,6 +7,8 @@ import logging
 import sys
 
 from data_modules.convert.cc3m import convert_cc3m
+from data_modules.convert.mmdialog import convert_mmdialog
+from data_modules.convert.vist import convert_vist
 from data_modules.synthetic import write_synthetic
 
 
@@ -19,6 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     cc3m.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
     cc3m.add_argument("--image-root", help="folder the image paths are relative to (default: the tsv's folder)")
     cc3m.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
+
+    vist = commands.add_parser("vist", help="VIST stories json + image mapping -> shards, one story per sample")
+    vist.add_argument("--stories", required=True, help="json: story_id -> [{caption, image_id, sequence_index}]")
+    vist.add_argument("--images-map", required=True, help="json: image_id -> image path")
+    vist.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
+    vist.add_argument("--image-root", help="folder the image paths are relative to (default: the mapping's folder)")
+    vist.add_argument("--shard-size", type=int, default=1000, help="stories per shard")
+
+    mmdialog = commands.add_parser("mmdialog", help="MMDialog conversations (json lines) -> shards, one per dialogue")
+    mmdialog.add_argument("--dialogues", required=True, help="json lines: {conversation_id, conversation: [{turn}]}")
+    mmdialog.add_argument("--images", required=True, help="folder holding <media id>.jpg")
+    mmdialog.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
+    mmdialog.add_argument("--shard-size", type=int, default=1000, help="dialogues per shard")
 
     synthetic = commands.add_parser("synthetic", help="coloured shapes captioned 'a <colour> <shape>'")
     synthetic.add_argument("--out", required=True, help="output folder for train-/val-%%06d.tar shards")
@@ -37,6 +52,14 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "cc3m":
             print(convert_cc3m(args.tsv, args.out, image_root=args.image_root, shard_size=args.shard_size))
+        elif args.command == "vist":
+            print(
+                convert_vist(
+                    args.stories, args.images_map, args.out, image_root=args.image_root, shard_size=args.shard_size
+                )
+            )
+        elif args.command == "mmdialog":
+            print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed, shard_size=args.shard_size

@@ -1,0 +1,159 @@
+"""MMDialog conversations (JSON lines) + ``<media id>.jpg`` images -> shards, one dialogue per sample.
+
+Input, one JSON object a line, as in MMDialog's ``*_conversations.txt``::
+
+    {"conversation_id": ..., "conversation": [{"turn": [{"__TEXT__": "..."}, {"__MEDIA__": "<media id>"}, ...]}, ...]}
+
+(other keys, such as the negative candidates, are ignored); the image of a media id is
+``<images dir>/<media id>.jpg``.
+
+Each sample: ``__key__`` = :func:`safe_key` of the conversation id, ``json`` =
+``{"conversation_id", "turns": [{"text", "images": ["0.jpg", ...]}, ...]}`` where a
+turn's text is its ``__TEXT__`` items (stripped, empty ones left out) joined with a
+space and its images keep the order of its media; the images are members ``0.jpg``,
+``1.jpg``, ... numbered across the dialogue (non-JPEG images re-encoded as JPEG).
+
+Problems, each logged with ``file:line`` and the conversation id and counted by kind in
+:attr:`MMDialogSummary.problems`:
+
+- ``bad_json`` (line not JSON) and ``missing_key`` (a required key missing or of the
+  wrong type, at any level): the dialogue is skipped;
+- ``duplicate_id`` (its key repeats an earlier line's; the first line keeps it): skipped;
+- ``missing_image`` / ``corrupt_image``: that image is dropped from its turn;
+- ``empty_turn`` (no text and no usable image): the turn is dropped;
+- ``too_short`` (fewer than 2 turns left): the dialogue is skipped.
+
+Skipped dialogues are counted by reason in :attr:`MMDialogSummary.skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Union
+
+from data_modules.convert.common import (
+    SequenceSummary,
+    check_shard_size,
+    read_image,
+    safe_key,
+    write_summary_shards,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT, MEDIA = "__TEXT__", "__MEDIA__"
+MIN_TURNS = 2
+
+
+@dataclass
+class MMDialogSummary(SequenceSummary):
+    """What an MMDialog conversion read, wrote and skipped (``parts`` counts the written turns)."""
+
+    unit: ClassVar[str] = "dialogues"
+    part: ClassVar[str] = "turns"
+
+
+Turn = list[tuple[str, str]]  # (TEXT or MEDIA, value) in the order of the turn's items
+
+
+def _parse(record: Any) -> tuple[Any, list[Turn]]:
+    """(conversation id, turns) of one line's object; raises ValueError naming what is missing."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for name in ("conversation_id", "conversation"):
+        if name not in record:
+            raise ValueError(f"no {name!r} key")
+    cid, conversation = record["conversation_id"], record["conversation"]
+    if not isinstance(cid, (str, int)) or isinstance(cid, bool):
+        raise ValueError(f"conversation_id must be a string or an int, got {cid!r}")
+    if not isinstance(conversation, list):
+        raise ValueError(f"'conversation' must be a list, got {type(conversation).__name__}")
+    turns = []
+    for t, turn in enumerate(conversation):
+        if not isinstance(turn, dict) or not isinstance(turn.get("turn"), list):
+            raise ValueError(f"turn {t}: expected an object with a 'turn' list, got {turn!r}")
+        items: Turn = []
+        for item in turn["turn"]:
+            kinds = [k for k in (TEXT, MEDIA) if isinstance(item, dict) and k in item]
+            if len(kinds) != 1 or not isinstance(item[kinds[0]], (str, int)) or isinstance(item[kinds[0]], bool):
+                raise ValueError(f"turn {t}: expected {{{TEXT!r}: text}} or {{{MEDIA!r}: id}}, got {item!r}")
+            items.append((kinds[0], str(item[kinds[0]])))
+        turns.append(items)
+    return cid, turns
+
+
+def _samples(lines: Iterator[str], path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dict[str, Any]]:
+    """wds samples of the usable dialogues; counts and logs the problems, dropped parts and skipped dialogues."""
+    owners: dict[str, int] = {}  # sample key -> line that took it
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # blank line: no record
+        summary.read += 1
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            summary.problem(log, "bad_json", where, f"not valid JSON: {err}")
+            summary.skip(log, "bad_json", where, "line not valid JSON")
+            continue
+        try:
+            cid, raw_turns = _parse(record)
+        except ValueError as err:
+            if isinstance(record, dict) and "conversation_id" in record:
+                where = f"{where}: conversation {record['conversation_id']!r}"
+            summary.problem(log, "missing_key", where, str(err))
+            summary.skip(log, "missing_key", where, "missing or malformed keys")
+            continue
+        where = f"{path}:{lineno}: conversation {cid!r}"
+        key = safe_key(cid)
+        if key in owners:
+            summary.problem(log, "duplicate_id", where, f"key {key!r} already taken by line {owners[key]}")
+            summary.skip(log, "duplicate_id", where, "its id repeats an earlier dialogue's")
+            continue
+        owners[key] = lineno
+
+        members: dict[str, bytes] = {}  # "0.jpg", "1.jpg", ... across the dialogue
+        turns = []
+        for t, items in enumerate(raw_turns):
+            text = " ".join(value.strip() for kind, value in items if kind == TEXT and value.strip())
+            names = []
+            for kind, media in items:
+                if kind != MEDIA:
+                    continue
+                image = read_image(
+                    images / f"{media}.jpg", summary, log, f"{where} turn {t} media {media!r}", "dropped from its turn"
+                )
+                if isinstance(image, bytes):
+                    name = f"{len(members)}.jpg"
+                    members[name] = image
+                    names.append(name)
+            if not text and not names:
+                summary.problem(log, "empty_turn", f"{where} turn {t}", "no text and no usable image; turn dropped")
+                continue
+            turns.append({"text": text, "images": names})
+        if len(turns) < MIN_TURNS:
+            summary.problem(log, "too_short", where, f"{len(turns)} usable turns, want at least {MIN_TURNS}")
+            summary.skip(log, "too_short", where, "too few turns")
+            continue
+        yield {"__key__": key, "json": {"conversation_id": cid, "turns": turns}, **members}
+        summary.written += 1
+        summary.parts += len(turns)
+        summary.images += len(members)
+
+
+def convert_mmdialog(
+    dialogues: Union[str, Path], images: Union[str, Path], out: Union[str, Path], shard_size: int = 1000
+) -> MMDialogSummary:
+    """Write ``out/%06d.tar`` shards (``shard_size`` dialogues each) from ``dialogues``; see the module doc."""
+    dialogues, images = Path(dialogues), Path(images)
+    check_shard_size(shard_size)
+    if not dialogues.is_file():
+        raise FileNotFoundError(f"MMDialog conversations file not found: {dialogues}")
+    if not images.is_dir():
+        raise FileNotFoundError(f"MMDialog images folder not found: {images}")
+    summary = MMDialogSummary()
+    with dialogues.open(encoding="utf-8-sig") as lines:
+        return write_summary_shards(Path(out), _samples(lines, dialogues, images, summary), shard_size, summary)
