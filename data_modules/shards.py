@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import braceexpand
 import torch
@@ -142,7 +142,8 @@ class SampleEncoder:
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
+        """One raw sample -> its examples (here exactly one)."""
         image, caption = decode_sample(sample)
         example = encode_caption(
             self.tokenizer, caption, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt
@@ -150,7 +151,7 @@ class SampleEncoder:
         if example.truncated:
             self.counter.note_truncated(sample)
         pixels = to_target_tensor(image, self.cfg.diffusion.resolution)  # (3, H, W)
-        return {"example": example, "target_pixels": pixels, "caption": caption}
+        return [{"example": example, "target_pixels": pixels, "caption": caption}]
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads, plus the caption strings."""
@@ -183,4 +184,10 @@ def eval_pipeline(
     dataset = dataset.map(encoder, handler=encoder.counter)
     if max_samples is not None:
         dataset = dataset.slice(max_samples)
-    return dataset.batched(batch_size, collation_fn=encoder.collate)
+    return dataset.compose(flatten).batched(batch_size, collation_fn=encoder.collate)
+
+
+def flatten(lists: Iterator[list[Any]]) -> Iterator[Any]:
+    """Pipeline stage: each sample's list of examples -> the examples."""
+    for items in lists:
+        yield from items

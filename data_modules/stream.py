@@ -60,15 +60,16 @@ def buffered_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> I
 class ResumableStream(IterableDataset):
     """Endless shard stream of one rank -> ``num_batches`` batches per logical stream and epoch.
 
-    ``encode`` turns a raw sample into a model input or raises; ``on_error(exc)`` returns
-    True to skip the sample (it counts and logs) or re-raises. ``collate`` builds batches.
+    ``encode`` turns a raw sample into a list of model inputs or raises; ``on_error(exc)``
+    returns True to skip the sample (it counts and logs) or re-raises. ``collate`` builds
+    batches of at least ``batch_size`` inputs (a sample's inputs are never split).
     """
 
     def __init__(
         self,
         urls: list[str],
         *,
-        encode: Callable[[dict[str, Any]], Any],
+        encode: Callable[[dict[str, Any]], list[Any]],
         collate: Callable[[list[Any]], dict[str, Any]],
         on_error: Callable[[Exception], bool],
         batch_size: int,
@@ -112,7 +113,7 @@ class ResumableStream(IterableDataset):
                 sample = next(samples)
                 raw_read += 1
                 try:
-                    batch.append(self.encode(sample))
+                    batch.extend(self.encode(sample))
                 except Exception as exc:  # on_error logs, counts and skips, or re-raises
                     self.on_error(exc)
             out = self.collate(batch)

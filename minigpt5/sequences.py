@@ -83,3 +83,64 @@ def tokenize_for_text_encoder(tokenizer: PreTrainedTokenizerBase, captions: list
     return tokenizer(
         captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+class SequenceTooLong(ValueError):
+    """The target alone does not fit in ``max_length``; the example cannot be used."""
+
+
+@dataclass
+class Turn:
+    """One step of an interleaved sequence: its text, then ``images`` images."""
+
+    text: str
+    images: int = 0
+
+
+@dataclass
+class InterleavedExample(Example):
+    """An interleaved sequence; context turns before ``first_context_turn`` were dropped to fit."""
+
+    first_context_turn: int = 0
+
+
+def encode_interleaved(
+    tokenizer: PreTrainedTokenizerBase,
+    context: list[Turn],
+    target: Turn,
+    voken_ids: list[int],
+    *,
+    image_token_id: int,
+    image_tokens: int,
+    max_length: int,
+    prompt: str = "",
+) -> InterleavedExample:
+    """``<s> prompt (text <ImageHere>*k per image)* target_text ([IMG0]..[IMG7] per image) </s>``.
+
+    Context images are input-side (``image_tokens`` placeholders each); target images are
+    generated (a voken block each). Text loss covers the target text, each ``[IMG0]`` and
+    the end marker. Too long: the oldest context turns are dropped, whole, never the
+    target; ``truncated`` says so. A target that cannot fit alone raises SequenceTooLong.
+    """
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    head = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids(prompt)
+    turns = [ids(t.text) + [image_token_id] * (image_tokens * t.images) for t in context]
+    tail, tail_labels = ids(target.text), ids(target.text)
+    for _ in range(target.images):
+        block, block_labels = voken_block(voken_ids)
+        tail, tail_labels = tail + block, tail_labels + block_labels
+    tail, tail_labels = tail + [tokenizer.eos_token_id], tail_labels + [tokenizer.eos_token_id]
+
+    first = 0
+    while len(head) + sum(len(t) for t in turns[first:]) + len(tail) > max_length:
+        if first == len(turns):
+            raise SequenceTooLong(
+                f"target of {len(tail)} tokens does not fit in max_length {max_length} after {len(head)} prompt tokens"
+            )
+        first += 1
+    context_ids = [token for turn in turns[first:] for token in turn]
+    input_ids = head + context_ids + tail
+    labels = [IGNORE_INDEX] * (len(head) + len(context_ids)) + tail_labels
+    return InterleavedExample(input_ids, labels, truncated=first > 0, first_context_turn=first)

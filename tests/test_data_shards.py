@@ -124,7 +124,7 @@ def test_encoder_counts_truncated_captions(caplog):
     encoder = SampleEncoder(cfg, counter)
     long_caption = " ".join(["a red circle on the left of a big blue square"] * 3).encode()
     with caplog.at_level(logging.WARNING, logger="data_modules.shards"):
-        out = encoder({"__key__": "000000001", "__url__": "u.tar", "jpg": jpeg(), "txt": long_caption})
+        (out,) = encoder({"__key__": "000000001", "__url__": "u.tar", "jpg": jpeg(), "txt": long_caption})
     assert counter.truncated == 1 and "truncated" in caplog.text and "000000001" in caplog.text
     assert len(out["example"].input_ids) == 17
 

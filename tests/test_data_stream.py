@@ -22,11 +22,11 @@ def write_keyed_shards(folder, num_shards: int = 3, per_shard: int = 10, bad: fr
     return write_shards(str(folder / "%06d.tar"), samples, per_shard)
 
 
-def encode(sample: dict[str, Any]) -> str:
+def encode(sample: dict[str, Any]) -> list[str]:
     """Keep only the key; a 'broken' image is a BadSample, as the real encoder raises."""
     if sample["jpg"] == b"broken":
         raise BadSample(sample, "unreadable image")
-    return sample["__key__"]
+    return [sample["__key__"]]
 
 
 def stream(urls, *, workers: int = 2, rank: int = 0, seed: int = 0, counter=None) -> ResumableStream:
