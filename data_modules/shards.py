@@ -93,6 +93,7 @@ class SampleCounter:
     def __init__(self) -> None:
         self.bad = 0
         self.truncated = 0
+        self.skipped = 0
 
     def __call__(self, exn: Exception) -> bool:
         """wds handler: skip a :class:`BadSample` after logging it; re-raise anything else."""
@@ -102,10 +103,18 @@ class SampleCounter:
         log.warning("skipped bad sample (%d so far in %s): %s", self.bad, _worker_name(), exn)
         return True
 
+    def note_skipped(self, sample: dict[str, Any], reason: str) -> None:
+        """One example of a sample could not be used (the sample's others still are)."""
+        self.skipped += 1
+        log.warning(
+            "skipped an example (%d so far in %s): %s sample '%s': %s",
+            self.skipped, _worker_name(), sample.get("__url__"), sample.get("__key__"), reason,
+        )
+
     def note_truncated(self, sample: dict[str, Any]) -> None:
         self.truncated += 1
         log.warning(
-            "caption truncated to fit llm.max_length (%d so far in %s): %s sample '%s'",
+            "sequence truncated to fit llm.max_length (%d so far in %s): %s sample '%s'",
             self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
         )
 

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AutoConfig,
     Blip2Config,
     Blip2ForImageTextRetrieval,
     CLIPVisionConfig,
     CLIPVisionModel,
+    PretrainedConfig,
 )
 
 from minigpt5.config import VisionConfig
@@ -22,6 +24,37 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def tiny_tower_config(cfg: VisionConfig) -> PretrainedConfig:
+    """The Hugging Face config of the tiny random tower for ``cfg``."""
+    heads = max(1, cfg.hidden_size // 16)
+    layers = dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
+                  num_hidden_layers=cfg.num_layers, num_attention_heads=heads)
+    if cfg.kind == "clip":
+        return CLIPVisionConfig(**layers, image_size=cfg.image_size, patch_size=cfg.patch_size)
+    return Blip2Config(
+        vision_config=dict(**layers, image_size=cfg.image_size, patch_size=cfg.patch_size),
+        qformer_config=dict(**layers, encoder_hidden_size=cfg.hidden_size),
+        num_query_tokens=cfg.num_query_tokens,
+    )
+
+
+def geometry(kind: str, config: PretrainedConfig) -> tuple[int, int, int]:
+    """(input image size, tokens per image, token width) of a tower with this HF config."""
+    if kind == "clip":
+        vision = getattr(config, "vision_config", config)  # a full CLIP config or a vision one
+        return vision.image_size, (vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size
+    if kind == "blip2":
+        return config.vision_config.image_size, config.num_query_tokens, config.qformer_config.hidden_size
+    raise ValueError(f"no vision tower for vision.kind={kind!r}")
+
+
+def tower_config(cfg: VisionConfig) -> PretrainedConfig:
+    """The tower's HF config, read without loading weights (the data side needs its geometry)."""
+    if cfg.path is None:
+        return tiny_tower_config(cfg)
+    return load_pretrained("vision tower config", cfg.path, AutoConfig.from_pretrained)
+
+
 class VisionTower(nn.Module):
     """Images (N, 3, S, S) normalised for the tower -> tokens (N, num_tokens, width)."""
 
@@ -29,42 +62,19 @@ class VisionTower(nn.Module):
         super().__init__()
         self.kind = cfg.kind
         dtype = getattr(torch, cfg.torch_dtype)
+        model_class = CLIPVisionModel if cfg.kind == "clip" else Blip2ForImageTextRetrieval
+        if cfg.path is None:
+            model = model_class(tiny_tower_config(cfg))
+        else:
+            model = load_pretrained(f"{cfg.kind} vision tower", cfg.path, model_class.from_pretrained, dtype=dtype)
+        self.image_size, self.num_tokens, self.width = geometry(cfg.kind, model.config)
         if cfg.kind == "clip":
-            if cfg.path is None:
-                self.encoder = CLIPVisionModel(CLIPVisionConfig(
-                    hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
-                    num_hidden_layers=cfg.num_layers, num_attention_heads=max(1, cfg.hidden_size // 16),
-                    image_size=cfg.image_size, patch_size=cfg.patch_size,
-                ))
-            else:
-                self.encoder = load_pretrained("vision tower", cfg.path, CLIPVisionModel.from_pretrained, dtype=dtype)
-            vcfg = self.encoder.config
-            self.image_size = vcfg.image_size
-            self.num_tokens = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
-            self.width = vcfg.hidden_size
-        elif cfg.kind == "blip2":
-            if cfg.path is None:
-                heads = max(1, cfg.hidden_size // 16)
-                model = Blip2ForImageTextRetrieval(Blip2Config(
-                    vision_config=dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
-                                       num_hidden_layers=cfg.num_layers, num_attention_heads=heads,
-                                       image_size=cfg.image_size, patch_size=cfg.patch_size),
-                    qformer_config=dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
-                                        num_hidden_layers=cfg.num_layers, num_attention_heads=heads,
-                                        encoder_hidden_size=cfg.hidden_size),
-                    num_query_tokens=cfg.num_query_tokens,
-                ))
-            else:
-                model = load_pretrained("BLIP-2 vision tower", cfg.path, Blip2ForImageTextRetrieval.from_pretrained, dtype=dtype)
+            self.encoder = model
+        else:
             # Keep the ViT, the Q-Former and its queries; drop the retrieval heads.
             self.encoder = model.vision_model
             self.qformer = model.qformer
             self.query_tokens = model.query_tokens
-            self.image_size = model.config.vision_config.image_size
-            self.num_tokens = model.config.num_query_tokens
-            self.width = model.config.qformer_config.hidden_size
-        else:
-            raise ValueError(f"no vision tower for vision.kind={cfg.kind!r}")
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,0 +1,471 @@
+"""Interleaved generation: write text until the LLM emits ``[IMG0]``, draw the image, go on.
+
+One story, one sequence (batch size 1)::
+
+    <s> prompt (with each <image> as a run of <ImageHere>) text ... [IMG0] .. [IMG7] <ImageHere> x k text ... </s>
+
+The LLM writes one token per step from its KV cache. When the sampled token is
+``[IMG0]``, the other vokens are appended (never sampled: training gives them no
+text loss, see ``minigpt5.sequences``), and the last-layer hidden states at the
+positions that *predict* the vokens -- the state that produced ``[IMG0]``, then the
+states of ``[IMG0]`` .. ``[IMG{n-2}]``, exactly what :meth:`MiniGPT5.voken_features`
+reads in training -- go through the mapper into guided diffusion. With a vision
+tower, the new image is then read back as context through its ``<ImageHere>`` run,
+as an input image would be, and writing continues until ``</s>`` or the token budget.
+
+Everything random (token sampling and the diffusion noise) is drawn from one
+``torch.Generator`` seeded by :attr:`GenerationConfig.seed`, so a seed fixes the story.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from PIL import Image
+
+from minigpt5.images import to_pil_images, to_target_tensor
+from minigpt5.vision import normalise_for_tower
+
+if TYPE_CHECKING:  # the model module imports diffusers; keep this one light to import
+    from minigpt5.model import MiniGPT5
+
+IMAGE_MARKER = "<image>"  # where an input image goes in a prompt
+
+Segment = Union[str, Image.Image]
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding and sampling settings of one generation."""
+
+    max_new_tokens: int = 256  # tokens the LLM writes, appended vokens included (a voken block is never cut)
+    min_new_tokens: int = 0  # </s> is masked until this many tokens are written
+    temperature: float = 1.0  # 0 means greedy
+    do_sample: bool = True  # False means greedy, whatever the temperature
+    top_p: float = 1.0  # nucleus sampling: smallest set of tokens with this much probability
+    repetition_penalty: float = 1.0  # CTRL-style, on the text tokens already in the sequence; 1 = off
+    max_images: Optional[int] = None  # [IMG0] is masked once this many images are drawn; None = no limit
+    guidance_scale: Optional[float] = None  # None -> model.cfg.guidance.scale
+    num_inference_steps: Optional[int] = None  # None -> model.cfg.guidance.num_inference_steps
+    seed: int = 42  # one generator for token sampling and diffusion
+    use_cache: bool = True  # False recomputes the whole prefix for every token (reference, benchmark)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (self.max_images is None or self.max_images >= 0, f"max_images must be >= 0 or None, got {self.max_images}"),
+            (self.num_inference_steps is None or self.num_inference_steps >= 1,
+             f"num_inference_steps must be >= 1 or None, got {self.num_inference_steps}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"GenerationConfig: {message}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+
+@dataclass
+class GenerationResult:
+    """One generated story.
+
+    ``segments`` alternate text (``str``) and generated images (``PIL.Image``) in order.
+    ``token_ids`` are the tokens the LLM wrote, each image's vokens included (``[IMG0]``
+    sampled, the rest appended) and ``</s>`` if reached. ``sequence_ids`` is the whole
+    sequence: prompt, written tokens, and each image's ``<ImageHere>`` run, with
+    ``context_pixels`` (M, 3, S, S) the tower-normalised images of those runs, input
+    images first, in order (None without images), so that
+    ``model.llm_forward(sequence_ids[None], mask, context_pixels)`` recomputes the story.
+    ``voken_features`` holds the (n, D) features each image was drawn from.
+    """
+
+    prompt: str
+    input_images: list[Image.Image]
+    segments: list[Segment]
+    token_ids: list[int]
+    sequence_ids: list[int]
+    prompt_length: int  # sequence_ids[:prompt_length] is the encoded prompt
+    context_pixels: Optional[torch.Tensor]
+    voken_features: list[torch.Tensor]
+    settings: dict[str, Any]  # GenerationConfig with the model's defaults filled in
+    stopped: str  # "eos" or "max_new_tokens"
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [s for s in self.segments if isinstance(s, Image.Image)]
+
+    @property
+    def text(self) -> str:
+        return "".join(s for s in self.segments if isinstance(s, str))
+
+    def image_names(self) -> list[str]:
+        return [f"image_{i:03d}.png" for i in range(len(self.images))]
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary: segments (text, or the image's file name), settings, seed, tokens."""
+        names = iter(self.image_names())
+        segments = [
+            {"text": s} if isinstance(s, str) else {"image": next(names)} for s in self.segments
+        ]
+        return {
+            "prompt": self.prompt,
+            "num_input_images": len(self.input_images),
+            "segments": segments,
+            "settings": self.settings,
+            "seed": self.settings["seed"],
+            "stopped": self.stopped,
+            "token_ids": self.token_ids,
+        }
+
+
+# ---- the prompt ----
+
+def check_image_markers(prompt: str, num_images: int) -> None:
+    """Raise unless the prompt has one ``<image>`` marker per input image."""
+    markers = prompt.count(IMAGE_MARKER)
+    if markers != num_images:
+        raise ValueError(
+            f"the prompt has {markers} {IMAGE_MARKER} marker(s) but {num_images} image(s) were given; "
+            f"put one {IMAGE_MARKER} in the prompt where each input image goes"
+        )
+
+
+def encode_prompt(
+    model: "MiniGPT5", prompt: str, images: Optional[list[Image.Image]] = None
+) -> tuple[list[int], Optional[torch.Tensor]]:
+    """``<s>``, the model's training prompt (``cfg.prompt``), then the prompt's ids with each
+    ``<image>`` replaced by the tower's ``<ImageHere>`` run; and the input images
+    normalised for the tower (M, 3, S, S), or None without images."""
+    images = list(images or [])
+    check_image_markers(prompt, len(images))
+    pieces = prompt.split(IMAGE_MARKER)
+    if images and model.vision is None:
+        raise ValueError("input images need a vision tower, but this model has none (vision.kind is none)")
+    tok = model.tokenizer
+    ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    if model.cfg.prompt:  # the fixed text training puts before every sample
+        ids += tok(model.cfg.prompt, add_special_tokens=False).input_ids
+    run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            ids += run
+        if piece:
+            text_ids = tok(piece, add_special_tokens=False).input_ids
+            if model.image_token_id in text_ids or set(text_ids) & set(model.voken_ids):
+                raise ValueError(
+                    f"the prompt text may not contain the image placeholder or voken tokens; use {IMAGE_MARKER} "
+                    f"for input images (got {piece!r})"
+                )
+            ids += text_ids
+    if not images:
+        return ids, None
+    size = model.vision.image_size
+    pixels = torch.stack([to_target_tensor(image, size) for image in images])  # (M, 3, S, S) in [-1, 1]
+    return ids, normalise_for_tower(pixels, size)
+
+
+# ---- the LLM, with or without a KV cache ----
+
+def _cache_kwarg(llm: torch.nn.Module) -> str:
+    """Name of the KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    forward = _base_llm(llm).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _base_llm(llm: torch.nn.Module) -> torch.nn.Module:
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def _prefix_length(llm: torch.nn.Module) -> int:
+    """Virtual tokens a prompt-learning adapter (prefix tuning) puts in front; 0 otherwise."""
+    peft_config = getattr(llm, "active_peft_config", None)
+    if peft_config is None or not peft_config.is_prompt_learning:
+        return 0
+    return peft_config.num_virtual_tokens
+
+
+class _Reader:
+    """Feeds new tokens to the LLM; returns the next-token logits and the new positions' states.
+
+    With ``use_cache`` only the new tokens' embeddings are fed, with the KV cache of all
+    before them; without, the whole sequence is re-embedded and recomputed each time.
+    Both return the same thing, so the decoding loop above them is one.
+    """
+
+    def __init__(self, model: "MiniGPT5", use_cache: bool) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        self.device = model.mapper.queries.device
+        self.ids: list[int] = []
+        self.pixels: list[torch.Tensor] = []  # (3, S, S) per <ImageHere> run, in order
+        self.cache: Any = None
+        self.cache_kwarg = _cache_kwarg(model.llm)
+        self.prefix = _prefix_length(model.llm)
+
+    def context_pixels(self) -> Optional[torch.Tensor]:
+        return torch.stack(self.pixels) if self.pixels else None  # (M, 3, S, S)
+
+    def feed(self, ids: list[int], pixels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``ids`` (with ``pixels`` (m, 3, S, S) for their <ImageHere> runs) ->
+        logits for the next token (V + n,) and last-layer states of the new tokens (k, D)."""
+        self.ids += ids
+        if pixels is not None:
+            self.pixels += list(pixels.to(self.device))
+        k = len(ids)
+        mask = torch.ones(1, len(self.ids), dtype=torch.long, device=self.device)  # (1, T)
+        if self.use_cache:
+            new = torch.tensor([ids], device=self.device)  # (1, k)
+            new_pixels = pixels.to(self.device) if pixels is not None else None
+            out = self._call(self.model.embed_inputs(new, new_pixels), mask)
+            self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        else:
+            full = torch.tensor([self.ids], device=self.device)  # (1, T)
+            out = self._call(self.model.embed_inputs(full, self.context_pixels()), mask)
+        hidden = out.hidden_states[-1][0, -k:]  # (k, D), after the final norm, as in training
+        logits = self.model.vokens.extend_logits(hidden[None, -1:], out.logits[:, -1:])  # (1, 1, V + n)
+        return logits[0, -1].float(), hidden
+
+    def _call(self, embeds: torch.Tensor, mask: torch.Tensor) -> Any:
+        llm = self.model.llm
+        kwargs: dict[str, Any] = dict(output_hidden_states=True, use_cache=self.use_cache, logits_to_keep=1)
+        if self.cache is not None:
+            kwargs[self.cache_kwarg] = self.cache
+            if self.prefix:
+                # PEFT's prefix tuning replaces any cache it is given with a fresh prefix, so later
+                # steps go to the base model directly, the prefix already in the cache and the mask.
+                llm = _base_llm(llm)
+                prefix = torch.ones(1, self.prefix, dtype=mask.dtype, device=mask.device)
+                mask = torch.cat([prefix, mask], dim=1)  # (1, P + T)
+        return llm(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+# ---- choosing the next token ----
+
+def choose_token(
+    logits: torch.Tensor,
+    cfg: GenerationConfig,
+    *,
+    banned: list[int],
+    seen: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> int:
+    """Next token from logits (V,): banned ids masked, repetition penalty on ``seen`` ids,
+    then greedy, or temperature + top-p sampling with ``generator``."""
+    logits = logits.float().clone()
+    if banned:
+        logits[banned] = float("-inf")
+    if cfg.repetition_penalty != 1.0 and seen is not None and seen.numel():
+        scores = logits[seen]
+        logits[seen] = torch.where(scores > 0, scores / cfg.repetition_penalty, scores * cfg.repetition_penalty)
+    if cfg.greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)  # (V,)
+    if cfg.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(0) - sorted_probs  # probability mass ranked above each token
+        sorted_probs = sorted_probs.masked_fill(before >= cfg.top_p, 0.0)  # the top token always stays
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ---- the loop ----
+
+def _settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, Any]:
+    settings = asdict(cfg)
+    g = model.cfg.guidance
+    settings["guidance_scale"] = g.scale if cfg.guidance_scale is None else cfg.guidance_scale
+    settings["num_inference_steps"] = cfg.num_inference_steps or g.num_inference_steps
+    return settings
+
+
+@torch.no_grad()
+def generate(
+    model: "MiniGPT5",
+    prompt: str,
+    images: Optional[list[Image.Image]] = None,
+    cfg: Optional[GenerationConfig] = None,
+) -> GenerationResult:
+    """Write a story of text and images after ``prompt``; ``<image>`` markers take ``images``."""
+    cfg = cfg or GenerationConfig()
+    settings = _settings(model, cfg)
+    images = list(images or [])
+    prompt_ids, prompt_pixels = encode_prompt(model, prompt, images)
+    tok = model.tokenizer
+    vokens = list(model.voken_ids)
+    n = len(vokens)
+    vocab = model.vokens.first_id + model.vokens.num_vokens  # logits cover ids < vocab
+    placeholder_run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
+
+    reader = _Reader(model, cfg.use_cache)
+    generator = torch.Generator(device=reader.device).manual_seed(cfg.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, hidden = reader.feed(prompt_ids, prompt_pixels)
+        written: list[int] = []
+        features: list[torch.Tensor] = []
+        drawn: list[Image.Image] = []
+        stopped = "max_new_tokens"
+        unread: list[int] = []  # a last token written but never fed
+        while len(written) < cfg.max_new_tokens:
+            banned = vokens[1:]  # only [IMG0] opens an image; the rest are appended
+            if len(written) < cfg.min_new_tokens and tok.eos_token_id is not None:
+                banned = banned + [tok.eos_token_id]
+            if cfg.max_images is not None and len(drawn) >= cfg.max_images:
+                banned = banned + [vokens[0]]
+            seen = None
+            if cfg.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted({t for t in reader.ids if t < vocab and t not in vokens}), dtype=torch.long,
+                                    device=logits.device)
+            token = choose_token(logits, cfg, banned=banned, seen=seen, generator=generator)
+
+            if token == vokens[0]:
+                before = hidden[-1]  # (D,) the state that produced [IMG0]
+                logits, hidden = reader.feed(vokens)
+                written += vokens
+                feats = torch.cat([before[None], hidden[: n - 1]])  # (n, D): predictors of [IMG0]..[IMG{n-1}]
+                features.append(feats)
+                image = model.images_from_features(
+                    feats[None], scale=settings["guidance_scale"],
+                    num_inference_steps=settings["num_inference_steps"], generator=generator,
+                )  # (1, 3, H, W) in [-1, 1]
+                drawn += to_pil_images(image)
+                if model.vision is not None and len(written) < cfg.max_new_tokens:
+                    # The image becomes context, read like an input image.
+                    logits, hidden = reader.feed(placeholder_run, normalise_for_tower(image, model.vision.image_size))
+                continue
+
+            written.append(token)
+            if token == tok.eos_token_id:
+                stopped = "eos"
+                unread = [token]
+                break
+            if len(written) == cfg.max_new_tokens:
+                unread = [token]  # the budget is spent: nothing will read it
+                break
+            logits, hidden = reader.feed([token])
+    finally:
+        model.train(was_training)
+
+    return GenerationResult(
+        prompt=prompt,
+        input_images=images,
+        segments=_segments(tok, written, vokens, drawn),
+        token_ids=written,
+        sequence_ids=reader.ids + unread,
+        prompt_length=len(prompt_ids),
+        context_pixels=reader.context_pixels(),
+        voken_features=features,
+        settings=settings,
+        stopped=stopped,
+    )
+
+
+def _segments(tokenizer: Any, written: list[int], vokens: list[int], images: list[Image.Image]) -> list[Segment]:
+    """Split the written tokens at each voken block: decoded text and the images, in order."""
+    segments: list[Segment] = []
+    text: list[int] = []
+    pending = iter(images)
+    i = 0
+    while i < len(written):
+        if written[i] == vokens[0]:
+            if text:
+                segments.append(tokenizer.decode(text, skip_special_tokens=True))
+                text = []
+            segments.append(next(pending))
+            i += len(vokens)
+            continue
+        text.append(written[i])
+        i += 1
+    if text:
+        segments.append(tokenizer.decode(text, skip_special_tokens=True))
+    return [s for s in segments if not isinstance(s, str) or s]
+
+
+# ---- writing a result ----
+
+@dataclass
+class OutputPaths:
+    html: Path
+    record: Path
+    images: list[Path] = field(default_factory=list)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_uri(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png_bytes(image)).decode("ascii")
+
+
+def _text_html(text: str) -> str:
+    return html.escape(text).replace("\n", "<br>\n")
+
+
+def _img_html(image: Image.Image, alt: str) -> str:
+    return f'<figure><img src="{_data_uri(image)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 46em; margin: 2em auto; line-height: 1.5; }
+figure { display: inline-block; margin: 0.5em 0; }
+img { width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }
+figcaption { font-size: 0.8em; color: #666; }
+.prompt { background: #f4f4f4; padding: 0.5em 1em; }
+footer { font-size: 0.8em; color: #666; margin-top: 2em; }
+"""
+
+
+def story_html(result: GenerationResult) -> str:
+    """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
+    prompt_parts: list[str] = []
+    inputs = iter(result.input_images)
+    for i, piece in enumerate(result.prompt.split(IMAGE_MARKER)):
+        if i > 0:
+            prompt_parts.append(_img_html(next(inputs), f"input image {i}"))
+        if piece:
+            prompt_parts.append(_text_html(piece))
+    story: list[str] = []
+    names = iter(result.image_names())
+    for segment in result.segments:
+        story.append(f"<p>{_text_html(segment)}</p>" if isinstance(segment, str) else _img_html(segment, next(names)))
+    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>MiniGPT-5 story</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        '<h2>Prompt</h2><div class="prompt">', *prompt_parts, "</div>",
+        "<h2>Story</h2>", *story,
+        f"<footer>stopped at {html.escape(result.stopped)}; {html.escape(settings)}</footer>",
+        "</body></html>",
+    ])
+
+
+def write_outputs(result: GenerationResult, out_dir: Union[str, Path]) -> OutputPaths:
+    """Write ``image_000.png`` .., ``story.html`` (self-contained) and ``record.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = OutputPaths(html=out / "story.html", record=out / "record.json")
+    for image, name in zip(result.images, result.image_names()):
+        path = out / name
+        path.write_bytes(_png_bytes(image))
+        paths.images.append(path)
+    paths.html.write_text(story_html(result), encoding="utf-8")
+    paths.record.write_text(json.dumps(result.to_record(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths

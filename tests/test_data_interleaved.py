@@ -1,0 +1,86 @@
+"""Stage-2 data: VIST / MMDialog shards (from the real samples) -> interleaved batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_modules.convert.mmdialog import convert_mmdialog
+from data_modules.convert.vist import convert_vist
+from data_modules.interleaved import InterleavedDataModule
+from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
+from minigpt5.losses import IGNORE_INDEX
+from minigpt5.model import MiniGPT5
+
+CFG = MiniGPT5Config(llm=LLMConfig(max_length=256), vision=VisionConfig(kind="clip"))
+TOKENS_PER_IMAGE = 5  # tiny CLIP tower: (32 / 16)^2 patches + class token
+
+
+@pytest.fixture
+def vist_shards(samples_dir, tmp_path):
+    vist = samples_dir / "VIST"
+    return convert_vist(vist / "val_cleaned.json", vist / "val_image_mapping.json", tmp_path / "vist").spec
+
+
+@pytest.fixture
+def mmdialog_shards(samples_dir, tmp_path):
+    mm = samples_dir / "MMDialog" / "test"
+    return convert_mmdialog(mm / "test_conversations.txt", mm, tmp_path / "mm").spec
+
+
+def batches(spec, cfg=CFG, **kwargs):
+    dm = InterleavedDataModule(spec, spec, model_config=cfg, num_workers=0, batch_size=64, **kwargs)
+    dm.setup("fit")
+    return dm, list(dm.val_dataloader())
+
+
+def test_vist_every_step_is_a_target_with_earlier_steps_as_context(vist_shards):
+    dm, (batch,) = batches(vist_shards, targets="all")
+    ids, labels = batch["input_ids"], batch["labels"]
+    enc = dm.encoder
+    assert ids.shape[0] == 4  # steps 2..5 of the one 5-step story
+    for row, n_context in zip(range(4), range(1, 5)):
+        assert int((ids[row] == enc.image_token_id).sum()) == n_context * TOKENS_PER_IMAGE
+        assert int((ids[row] == enc.voken_ids[0]).sum()) == 1  # one target image
+        # text loss only on the target: nothing labelled before the last image placeholder
+        last_image = (ids[row] == enc.image_token_id).nonzero().max()
+        assert (labels[row, : last_image + 1] == IGNORE_INDEX).all()
+        assert (labels[row, last_image + 1 :] != IGNORE_INDEX).sum() > 2
+    assert batch["input_pixels"].shape == (1 + 2 + 3 + 4, 3, 32, 32)
+    assert batch["target_pixels"].shape == (4, 3, 16, 16)
+    assert dm.counter.bad == 0 and dm.counter.skipped == 0
+
+
+def test_vist_last_step_text_only_context(vist_shards):
+    dm, (batch,) = batches(vist_shards, targets="last", context="text")
+    assert batch["input_ids"].shape[0] == 1 and "input_pixels" not in batch
+    assert not (batch["input_ids"] == dm.encoder.image_token_id).any()
+
+
+def test_long_context_is_truncated_oldest_first_and_images_follow(vist_shards):
+    short = MiniGPT5Config(llm=LLMConfig(max_length=100), vision=VisionConfig(kind="clip"))
+    dm, (batch,) = batches(vist_shards, cfg=short, targets="last")
+    ids = batch["input_ids"][0]
+    kept_images = int((ids == dm.encoder.image_token_id).sum()) // TOKENS_PER_IMAGE
+    assert 0 < kept_images < 4 and batch["input_pixels"].shape[0] == kept_images
+    assert dm.counter.truncated == 1
+    assert int((ids == dm.encoder.voken_ids[0]).sum()) == 1  # the target survived whole
+
+
+def test_mmdialog_responses_with_and_without_images(mmdialog_shards):
+    dm, (batch,) = batches(mmdialog_shards, targets="all")
+    ids = batch["input_ids"]
+    assert ids.shape[0] == 8  # turns 2..9 of the 9-turn dialogue are responses
+    per_row_targets = (ids == dm.encoder.voken_ids[0]).sum(1).tolist()
+    assert per_row_targets == [1, 1, 1, 0, 0, 0, 0, 0]  # turns 2-4 carry an image, 5-9 text only
+    assert batch["target_pixels"].shape[0] == 3
+
+
+def test_batch_trains_the_model(vist_shards):
+    torch.manual_seed(0)
+    model = MiniGPT5(CFG)
+    _, (batch,) = batches(vist_shards, targets="all")
+    out = model(batch)
+    assert torch.isfinite(out.text) and torch.isfinite(out.ldm)
+    out.total(CFG.loss).backward()
+    assert model.input_projection.weight.grad is not None and model.input_projection.weight.grad.abs().sum() > 0
