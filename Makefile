@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: install demo test train-uas bench clean
+.PHONY: install demo test train-uas train-mls bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ test: install
 
 train-uas: install
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/paper.yaml $(ARGS)
+
+# Stage 2 from a stage-1 checkpoint; DATASET is vist or mmdialog.
+DATASET ?= vist
+STAGE1 ?= outputs/uas/checkpoints/last.ckpt
+train-mls: install
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_$(DATASET).yaml \
+		-c configs/model/paper.yaml --model.init_from=$(STAGE1) $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)

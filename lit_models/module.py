@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from minigpt5.config import MiniGPT5Config
 from minigpt5.model import MiniGPT5
 
 MAPPER_PREFIX = "model.mapper."
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -23,12 +25,20 @@ class NonFiniteLossError(FloatingPointError):
 class MiniGPT5Module(LightningModule):
     """Stage-agnostic training wrapper; the stage is decided by ``config`` (losses, adapter)."""
 
-    def __init__(self, config: MiniGPT5Config = MiniGPT5Config(), optim: OptimConfig = OptimConfig()) -> None:
+    def __init__(
+        self,
+        config: MiniGPT5Config = MiniGPT5Config(),
+        optim: OptimConfig = OptimConfig(),
+        init_from: Optional[str] = None,
+    ) -> None:
+        """``init_from``: a checkpoint (e.g. stage 1's) whose weights start this run."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.config = config
         self.optim = optim
         self.model = MiniGPT5(config)
+        if init_from is not None:
+            self.load_weights_from(init_from)
         self.base_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         # Checkpoints hold trainable weights only; the frozen ones come from the config.
         self.strict_loading = False
@@ -84,6 +94,29 @@ class MiniGPT5Module(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---- checkpoints: trainable weights only ----
+
+    def load_weights_from(self, path: str) -> list[str]:
+        """Load every tensor of checkpoint ``path`` (its trainable weights) into this module.
+
+        Stage 2 starts from stage 1 this way: the voken rows and mapper come from the
+        checkpoint; what stage 1 did not have (adapter, input projection) keeps its
+        initialisation and is returned. A key this model lacks or a shape mismatch is an error.
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"init_from checkpoint '{path}' does not exist") from err
+        own = self.state_dict()
+        unknown = sorted(k for k in state if k not in own)
+        mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+        if unknown or mismatched:
+            raise KeyError(f"checkpoint '{path}' does not fit this model: unknown keys {unknown[:5]}, "
+                           f"shape mismatches {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in mismatched[:5]]}")
+        self.load_state_dict(state, strict=False)
+        fresh = sorted(self.trainable_keys() - set(state))
+        log.info("initialised %d tensors from %s; %d trainable tensors start fresh: %s",
+                 len(state), path, len(fresh), fresh[:8])
+        return fresh
 
     def trainable_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
