@@ -60,21 +60,48 @@ def draw_shape(colour: str, shape: str, size: int, rng: np.random.Generator) -> 
     return image
 
 
+def random_shape(size: int, rng: np.random.Generator) -> tuple[str, str, bytes]:
+    """A random colour and shape, and its JPEG bytes."""
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    buffer = io.BytesIO()
+    draw_shape(colour, shape, size, rng).save(buffer, format="JPEG", quality=95)
+    return colour, shape, buffer.getvalue()
+
+
 def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]]:
     """``num`` wds samples (``jpg``, ``txt``, ``json``) with random colour, shape and placement."""
     rng = np.random.default_rng(seed)
-    colours = list(COLOURS)
     for index in range(num):
-        colour = colours[rng.integers(len(colours))]
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        buffer = io.BytesIO()
-        draw_shape(colour, shape, size, rng).save(buffer, format="JPEG", quality=95)
+        colour, shape, jpeg = random_shape(size, rng)
         yield {
             "__key__": f"{index:09d}",
-            "jpg": buffer.getvalue(),
+            "jpg": jpeg,
             "txt": caption_for(colour, shape),
             "json": {"colour": colour, "shape": shape},
         }
+
+
+STORY_WORDS = ("first", "then", "next", "later", "finally")
+
+
+def synthetic_stories(num: int, size: int, seed: int, steps: int = 3) -> Iterator[dict[str, Any]]:
+    """``num`` stories in the VIST shard layout: steps "first a red circle", "then a blue
+    square", ... each with its picture (``json`` + ``0.jpg`` ..)."""
+    if not 2 <= steps <= len(STORY_WORDS):
+        raise ValueError(f"steps must be in 2..{len(STORY_WORDS)}, got {steps}")
+    rng = np.random.default_rng(seed)
+    words = STORY_WORDS[: steps - 1] + STORY_WORDS[-1:]
+    for index in range(num):
+        sample: dict[str, Any] = {"__key__": f"story{index:07d}"}
+        record = []
+        for step, word in enumerate(words):
+            colour, shape, jpeg = random_shape(size, rng)
+            sample[f"{step}.jpg"] = jpeg
+            record.append({"text": f"{word} {caption_for(colour, shape)}", "image": f"{step}.jpg",
+                           "image_id": f"{index}-{step}", "sequence_index": step})
+        sample["json"] = {"story_id": f"synthetic-{index}", "steps": record}
+        yield sample
 
 
 @dataclass
@@ -86,9 +113,13 @@ class SyntheticShards:
 
 
 def write_synthetic(
-    out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500
+    out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500,
+    stories: bool = False,
 ) -> SyntheticShards:
-    """Write ``train-%06d.tar`` and ``val-%06d.tar`` shards into ``out``; deterministic given ``seed``."""
+    """Write ``train-%06d.tar`` and ``val-%06d.tar`` shards into ``out``; deterministic given ``seed``.
+
+    ``stories``: 3-step shape stories in the VIST layout instead of caption/image pairs.
+    """
     if num < 1 or val_num < 0 or size < 8 or shard_size < 1:
         raise ValueError(
             f"need num >= 1, val_num >= 0, size >= 8, shard_size >= 1; got {num}, {val_num}, {size}, {shard_size}"
@@ -98,7 +129,8 @@ def write_synthetic(
     specs = []
     for split, count, split_seed in (("train", num, seed), ("val", val_num, seed + 1)):
         pattern = str(out / f"{split}-{SHARD_NUMBER}.tar")
-        paths = write_shards(pattern, synthetic_samples(count, size, split_seed), shard_size)
+        samples = synthetic_stories(count, size, split_seed) if stories else synthetic_samples(count, size, split_seed)
+        paths = write_shards(pattern, samples, shard_size)
         specs.append(brace_spec(pattern, len(paths)) if paths else None)
     return SyntheticShards(train=specs[0], val=specs[1])
 

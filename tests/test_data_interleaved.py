@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 import torch
+import webdataset as wds
+from PIL import Image
 
 from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.interleaved import InterleavedDataModule
+from data_modules.synthetic import colour_of, dominant_colour, write_synthetic
 from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5
@@ -84,3 +90,14 @@ def test_batch_trains_the_model(vist_shards):
     assert torch.isfinite(out.text) and torch.isfinite(out.ldm)
     out.total(CFG.loss).backward()
     assert model.input_projection.weight.grad is not None and model.input_projection.weight.grad.abs().sum() > 0
+
+
+def test_synthetic_stories_read_as_vist_and_name_their_shapes(tmp_path):
+    shards = write_synthetic(tmp_path, num=6, val_num=0, size=32, seed=1, shard_size=3, stories=True)
+    dm, batches_ = batches(shards.train, targets="all")
+    assert sum(b["input_ids"].shape[0] for b in batches_) == 6 * 2  # steps 2 and 3 of each story
+    for sample in wds.WebDataset(shards.train, shardshuffle=False, empty_check=False):
+        steps = json.loads(sample["json"])["steps"]
+        assert [s["text"].split()[0] for s in steps] == ["first", "then", "finally"]
+        for step in steps:
+            assert dominant_colour(Image.open(io.BytesIO(sample[step["image"]]))) == colour_of(step["text"])

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--size", type=int, default=64, help="image side in pixels")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--shard-size", type=int, default=500, help="samples per shard")
+    synthetic.add_argument("--stories", action="store_true", help="3-step shape stories (VIST layout) instead of pairs")
     return parser
 
 
@@ -62,7 +63,8 @@ def main(argv: list[str]) -> int:
             print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
         else:
             shards = write_synthetic(
-                args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed, shard_size=args.shard_size
+                args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,
+                shard_size=args.shard_size, stories=args.stories,
             )
             print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}")
     except (FileNotFoundError, ValueError) as err:
