@@ -24,11 +24,19 @@ demo: install
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS)
 	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
 		--out $(DEMO)/uas/caption_following.png
+	@echo "== stage 2 (MLS): LoRA + mapper on shape stories, from the stage-1 checkpoint"
+	$(BIN)/minigpt5 data synthetic --stories --out $(DEMO)/stories --num 800 --val-num 32 --shard-size 400
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml \
+		-c configs/model/tiny.yaml -c configs/demo_mls.yaml
+	$(BIN)/minigpt5 generate --ckpt $(DEMO)/mls/checkpoints/last.ckpt --greedy --max-new-tokens 24 --max-images 1 \
+		--prompt "first a red circle then a blue square" --out $(DEMO)/story
 	@echo
 	@echo "Demo outputs:"
-	@echo "  checkpoint:   $(DEMO)/uas/checkpoints/last.ckpt"
-	@echo "  sample grids: $(DEMO)/uas/samples/"
-	@echo "  TensorBoard:  $(BIN)/tensorboard --logdir $(DEMO)"
+	@echo "  stage 1 checkpoint: $(DEMO)/uas/checkpoints/last.ckpt"
+	@echo "  stage 1 samples:    $(DEMO)/uas/samples/ and $(DEMO)/uas/caption_following.png"
+	@echo "  stage 2 checkpoint: $(DEMO)/mls/checkpoints/last.ckpt"
+	@echo "  generated story:    $(DEMO)/story/story.html"
+	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO)"
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -45,6 +53,7 @@ train-mls: install
 
 bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
+	$(BIN)/python benchmarks/generation.py
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache

@@ -3,6 +3,7 @@
   minigpt5 fit|validate|test|predict -c configs/uas.yaml ...   LightningCLI on MiniGPT5Module
   minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
   minigpt5 data cc3m|synthetic ...                            shard converters
+  minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
@@ -74,6 +75,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from data_modules.convert.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["generate"]:
+        from lit_models.generate_cli import main as generate_main
+
+        return generate_main(argv[1:])
     try:
         if argv[:1] == ["pretrain-sd"]:
             run_lightning(TextToImageModule, argv[1:])

@@ -419,7 +419,8 @@ def _text_html(text: str) -> str:
 
 
 def _img_html(image: Image.Image, alt: str) -> str:
-    return f'<figure><img src="{_data_uri(image)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    alt = html.escape(alt)
+    return f'<figure><img src="{_data_uri(image)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
 
 
 _STYLE = """

@@ -1,0 +1,95 @@
+"""``minigpt5 generate``: an interleaved story from a checkpoint (or an untrained tiny model).
+
+  minigpt5 generate --ckpt outputs/demo/uas/checkpoints/last.ckpt --prompt "a red circle" --out outputs/story
+  minigpt5 generate --tiny --prompt "look: <image> and then" --image cat.png --out outputs/try
+
+Writes ``story.html`` (self-contained), ``image_000.png`` .. and ``record.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from minigpt5.generate import GenerationConfig, check_image_markers, generate, write_outputs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minigpt5 generate", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a MiniGPT5Module checkpoint (its config rebuilds the frozen parts)")
+    source.add_argument("--tiny", action="store_true", help="an untrained tiny model with a CLIP tower, for trying it out")
+    parser.add_argument("--prompt", required=True, help="text; each <image> marks where the next --image goes")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="input image, repeatable, matched to the <image> markers in order")
+    parser.add_argument("--out", default="outputs/generate", help="folder for story.html, the PNGs and record.json")
+    defaults = GenerationConfig()
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (same as --temperature 0)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--max-images", type=int, default=defaults.max_images, help="stop drawing after this many")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model config's")
+    parser.add_argument("--steps", type=int, default=None, help="diffusion steps; default: the model config's")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix for every token")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def load_model(args: argparse.Namespace):
+    if args.tiny:
+        from minigpt5.config import MiniGPT5Config, VisionConfig
+        from minigpt5.model import MiniGPT5
+
+        return MiniGPT5(MiniGPT5Config(vision=VisionConfig(kind="clip")))
+    from lit_models.module import MiniGPT5Module
+
+    return MiniGPT5Module.from_checkpoint(args.ckpt).model
+
+
+def load_images(paths: list[str]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"cannot read input image {path}: {err}") from err
+    return images
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+            temperature=args.temperature, do_sample=not args.greedy, top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty, max_images=args.max_images,
+            guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
+            seed=args.seed, use_cache=not args.no_cache,
+        )
+        check_image_markers(args.prompt, len(args.image))  # before the model is built
+        images = load_images(args.image)
+        model = load_model(args).to(args.device)
+        result = generate(model, args.prompt, images, cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = write_outputs(result, args.out)
+    print(f"{len(result.token_ids)} tokens, {len(result.images)} image(s), stopped at {result.stopped}")
+    print(f"story:  {paths.html}")
+    for path in paths.images:
+        print(f"image:  {path}")
+    print(f"record: {paths.record}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
