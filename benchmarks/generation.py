@@ -33,11 +33,11 @@ from typing import Callable
 
 import torch
 
-from minigpt5.config import DiffusionConfig, GuidanceConfig, LLMConfig, MiniGPT5Config
+from minigpt5.config import GuidanceConfig, MiniGPT5Config
 from minigpt5.generate import GenerationConfig, generate
 from minigpt5.guidance import guided_prediction
 from minigpt5.model import MiniGPT5
-from step_breakdown import WORDS, busy_cores, iqr
+from step_breakdown import WORDS, add_size_args, busy_cores, iqr, sized_parts
 
 CACHE_GOAL = 5.0  # cached / recomputed tokens per second
 BATCH_GOAL = 1.6  # two UNet calls / one batched call
@@ -55,14 +55,7 @@ def parse_args() -> argparse.Namespace:
     add("--gen-repeats", type=int, default=3, help="timed generations of each kind (median reported)")
     add("--unet-repeats", type=int, default=20)
     add("--warmup", type=int, default=1)
-    add("--llm-hidden", type=int, default=256)
-    add("--llm-layers", type=int, default=4)
-    add("--llm-heads", type=int, default=8)
-    add("--llm-intermediate", type=int, default=688)
-    add("--resolution", type=int, default=32)
-    add("--latent-space", choices=("vae", "pixel"), default="vae")
-    add("--unet-channels", type=int, nargs="+", default=[64, 128])
-    add("--cross-attention-dim", type=int, default=128)
+    add_size_args(parser)
     add("--unet-batch", type=int, nargs="+", default=[1], help="images per guided step (generation draws 1)")
     add("--scale", type=float, default=7.5, help="guidance scale (!= 1, else there is nothing to batch)")
     add("--device", default="cpu")
@@ -71,17 +64,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> MiniGPT5Config:
     """An LLM and UNet larger than the tiny preset; room for prompt + new tokens."""
-    return MiniGPT5Config(
-        llm=LLMConfig(
-            hidden_size=args.llm_hidden, num_layers=args.llm_layers, num_heads=args.llm_heads,
-            intermediate_size=args.llm_intermediate, max_length=args.prompt_tokens + args.new_tokens + 16,
-        ),
-        diffusion=DiffusionConfig(
-            resolution=args.resolution, latent_space=args.latent_space,
-            unet_channels=tuple(args.unet_channels), cross_attention_dim=args.cross_attention_dim,
-        ),
-        guidance=GuidanceConfig(scale=args.scale),
-    )
+    llm, diffusion = sized_parts(args, max_length=args.prompt_tokens + args.new_tokens + 16)
+    return MiniGPT5Config(llm=llm, diffusion=diffusion, guidance=GuidanceConfig(scale=args.scale))
 
 
 def make_prompt(model: MiniGPT5, tokens: int) -> str:

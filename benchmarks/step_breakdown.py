@@ -68,38 +68,43 @@ def parse_args() -> argparse.Namespace:
     add("--warmup", type=int, default=3, help="untimed repetitions of each item first")
     add("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     add("--seed", type=int, default=0, help="base seed; round r of every item uses seed + r")
-    add("--llm-hidden", type=int, default=256)
-    add("--llm-layers", type=int, default=4)
-    add("--llm-heads", type=int, default=8)
-    add("--llm-intermediate", type=int, default=688)
     add("--max-length", type=int, default=64)
     add("--mapper-width", type=int, default=256)
     add("--mapper-layers", type=int, default=2, help="encoder layers = decoder layers")
     add("--mapper-ff", type=int, default=1024)
+    add_size_args(parser)
+    return parser.parse_args()
+
+
+def add_size_args(parser: argparse.ArgumentParser) -> None:
+    """LLM and UNet sizes larger than the tiny preset, shared by the benchmarks."""
+    add = parser.add_argument
+    add("--llm-hidden", type=int, default=256)
+    add("--llm-layers", type=int, default=4)
+    add("--llm-heads", type=int, default=8)
+    add("--llm-intermediate", type=int, default=688)
     add("--resolution", type=int, default=32)
     add("--latent-space", choices=("vae", "pixel"), default="vae",
         help="vae: the tiny AutoencoderKL (/2), as real SD training; pixel: diffuse pixels")
     add("--unet-channels", type=int, nargs="+", default=[64, 128])
     add("--cross-attention-dim", type=int, default=128)
-    return parser.parse_args()
+
+
+def sized_parts(args: argparse.Namespace, max_length: int) -> tuple[LLMConfig, DiffusionConfig]:
+    """The LLM and diffusion configs of ``add_size_args``' flags."""
+    llm = LLMConfig(hidden_size=args.llm_hidden, num_layers=args.llm_layers, num_heads=args.llm_heads,
+                    intermediate_size=args.llm_intermediate, max_length=max_length)
+    diffusion = DiffusionConfig(resolution=args.resolution, latent_space=args.latent_space,
+                                unet_channels=tuple(args.unet_channels), cross_attention_dim=args.cross_attention_dim)
+    return llm, diffusion
 
 
 def build_config(args: argparse.Namespace) -> MiniGPT5Config:
     """A stage-1 config larger than the tiny preset (losses and guidance at their defaults)."""
-    return MiniGPT5Config(
-        llm=LLMConfig(
-            hidden_size=args.llm_hidden, num_layers=args.llm_layers, num_heads=args.llm_heads,
-            intermediate_size=args.llm_intermediate, max_length=args.max_length,
-        ),
-        mapper=MapperConfig(
-            width=args.mapper_width, num_encoder_layers=args.mapper_layers,
-            num_decoder_layers=args.mapper_layers, num_heads=8, ff_size=args.mapper_ff,
-        ),
-        diffusion=DiffusionConfig(
-            resolution=args.resolution, latent_space=args.latent_space,
-            unet_channels=tuple(args.unet_channels), cross_attention_dim=args.cross_attention_dim,
-        ),
-    )
+    llm, diffusion = sized_parts(args, args.max_length)
+    mapper = MapperConfig(width=args.mapper_width, num_encoder_layers=args.mapper_layers,
+                          num_decoder_layers=args.mapper_layers, num_heads=8, ff_size=args.mapper_ff)
+    return MiniGPT5Config(llm=llm, mapper=mapper, diffusion=diffusion)
 
 
 def make_batch(model: MiniGPT5, args: argparse.Namespace) -> dict[str, torch.Tensor]:
