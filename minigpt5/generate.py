@@ -238,6 +238,12 @@ class _Reader:
         logits = self.model.vokens.extend_logits(hidden[None, -1:], out.logits[:, -1:])  # (1, 1, V + n)
         return logits[0, -1].float(), hidden
 
+    def rewind(self, k: int) -> None:
+        """Forget the last ``k`` tokens (none of them image placeholders), cache included."""
+        self.ids = self.ids[:-k]
+        if self.cache is not None:
+            self.cache.crop(-k)  # a negative argument removes that many positions from the end
+
     def _call(self, embeds: torch.Tensor, mask: torch.Tensor) -> Any:
         llm = self.model.llm
         kwargs: dict[str, Any] = dict(output_hidden_states=True, use_cache=self.use_cache, logits_to_keep=1)
@@ -344,7 +350,10 @@ def generate(
                 )  # (1, 3, H, W) in [-1, 1]
                 drawn += to_pil_images(image)
                 if model.vision is not None and len(written) < cfg.max_new_tokens:
-                    # The image becomes context, read like an input image.
+                    # The image replaces its voken block in the context, read like an input
+                    # image: the story so far then looks like a stage-2 training context,
+                    # where earlier steps' images are placeholder runs with no vokens.
+                    reader.rewind(n)
                     logits, hidden = reader.feed(placeholder_run, normalise_for_tower(image, model.vision.image_size))
                 continue
 

@@ -79,10 +79,12 @@ def test_forced_voken_draws_an_image_and_text_goes_on(model, monkeypatch):
     assert [type(s) for s in result.segments] == [str, Image.Image, str]
     assert result.images[0].size == (res, res) and result.images[0].mode == "RGB"
     assert len(result.voken_features) == 1 and result.voken_features[0].shape == (8, model.llm.config.hidden_size)
-    # The image is read back as context: its <ImageHere> run follows the vokens.
-    p = result.prompt_length + k + 8
+    # The image is read back as context in place of its voken block, as stage-2 training
+    # contexts hold earlier images: its <ImageHere> run follows the text before [IMG0].
+    p = result.prompt_length + k
     run = model.vision.num_tokens
     assert result.sequence_ids[p:p + run] == [model.image_token_id] * run
+    assert not set(result.sequence_ids) & set(vokens)
     size = model.vision.image_size
     assert result.context_pixels.shape == (1, 3, size, size)
     assert result.stopped == "max_new_tokens"
@@ -99,12 +101,21 @@ def test_without_vision_tower_the_image_is_not_fed_back(tiny_model, monkeypatch)
 
 
 def test_voken_features_are_the_training_positions(model, monkeypatch):
-    """What generation hands the mapper is what ``MiniGPT5.voken_features`` reads in training."""
+    """What generation hands the mapper is what ``MiniGPT5.voken_features`` reads in training:
+    for each image, a full forward over the context it was drawn in, followed by its vokens."""
     force_images(monkeypatch, model, {1, 13})
     result = generate(model, "a red circle", None, greedy(max_new_tokens=30, min_new_tokens=30))
     assert len(result.images) == 2
-    collected = torch.stack(result.voken_features)  # (2, 8, D)
-    torch.testing.assert_close(collected, full_forward_features(model, result), atol=1e-5, rtol=1e-5)
+    runs = [i for i, t in enumerate(result.sequence_ids)
+            if t == model.image_token_id and result.sequence_ids[i - 1] != model.image_token_id]
+    assert len(runs) == 2  # each drawn image sits in the context where its vokens were
+    for index, start in enumerate(runs):
+        ids = torch.tensor([result.sequence_ids[:start] + model.voken_ids])  # (1, T)
+        pixels = result.context_pixels[:index] if index else None
+        with torch.no_grad():
+            _, hidden = model.llm_forward(ids, torch.ones_like(ids), pixels)
+        expected = model.voken_features(ids, hidden)[0]  # (n, D)
+        torch.testing.assert_close(result.voken_features[index], expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- KV cache ----
