@@ -211,6 +211,11 @@ class MiniGPT5(nn.Module):
         pixels = batch["target_pixels"]
         if features.shape[0] != pixels.shape[0]:
             raise ValueError(f"batch has {features.shape[0]} voken blocks but {pixels.shape[0]} target images")
+        if features.shape[0] == 0:
+            # No target image (e.g. text-only dialogue responses): no diffusion or CAP loss.
+            # A zero that still touches the trainable mapper keeps DDP's every-parameter contract.
+            zero = sum(p.sum() for p in self.mapper.parameters() if p.requires_grad) * 0.0
+            return MiniGPT5Output(text=loss_text, ldm=zero, cap=None)
         features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
         cond = self.condition(features)  # (N, Q, C)
         latents = self.encode_images(pixels, generator)

@@ -239,3 +239,18 @@ def test_vae_latent_space_variant(caption_batch):
     assert images.min() >= -1 and images.max() <= 1
     again = model.generate_images(["a red circle"], num_inference_steps=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(images, again)
+
+
+def test_batch_without_target_images_gives_text_loss_and_a_zero_ldm(tiny_model):
+    from minigpt5.sequences import Turn, encode_interleaved, pad_examples
+
+    model = tiny_model.train()
+    example = encode_interleaved(model.tokenizer, [Turn("hello there")], Turn("hi"), model.voken_ids,
+                                 image_token_id=model.image_token_id, image_tokens=0, max_length=64)
+    batch = pad_examples([example], model.tokenizer.pad_token_id)
+    batch["target_pixels"] = torch.zeros(0, 3, model.cfg.diffusion.resolution, model.cfg.diffusion.resolution)
+    out = model(batch)
+    assert torch.isfinite(out.text) and out.text > 0 and out.ldm.item() == 0.0 and out.cap is None
+    out.total(model.cfg.loss).backward()
+    # every trainable mapper parameter is in the graph (zero gradient), as DDP requires
+    assert all(p.grad is not None for p in model.mapper.parameters() if p.requires_grad)
