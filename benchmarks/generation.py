@@ -25,10 +25,8 @@ sides alike; figures are medians. The script reports; it never asserts a time.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-import warnings
 from typing import Callable
 
 import torch
@@ -37,7 +35,7 @@ from minigpt5.config import GuidanceConfig, MiniGPT5Config
 from minigpt5.generate import GenerationConfig, generate
 from minigpt5.guidance import guided_prediction
 from minigpt5.model import MiniGPT5
-from step_breakdown import WORDS, add_size_args, busy_cores, iqr, sized_parts
+from step_breakdown import WORDS, add_size_args, iqr, sized_parts, start_run
 
 CACHE_GOAL = 5.0  # cached / recomputed tokens per second
 BATCH_GOAL = 1.6  # two UNet calls / one batched call
@@ -168,13 +166,7 @@ def bench_guidance(model: MiniGPT5, args: argparse.Namespace) -> dict[int, float
 
 def main() -> None:
     args = parse_args()
-    # nn.Transformer's note that norm_first disables nested tensors: expected, not news here.
-    warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
-    cores = os.cpu_count() or 1
-    threads = args.threads or cores
-    torch.set_num_threads(threads)
-    busy = busy_cores()
-    torch.manual_seed(args.seed)
+    cores, threads, busy = start_run(args)
     cfg = build_config(args)
     model = MiniGPT5(cfg).eval().to(args.device)
     print(f"torch {torch.__version__} on {args.device}, {threads} thread(s) of {cores} cores; "

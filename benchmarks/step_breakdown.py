@@ -260,8 +260,8 @@ def iqr(values: list[float]) -> float:
     return q3 - q1
 
 
-def main() -> None:
-    args = parse_args()
+def start_run(args: argparse.Namespace) -> tuple[int, int, float]:
+    """Common start of the benchmarks: threads set, seed set, load measured -> (cores, threads, busy)."""
     # nn.Transformer's note that norm_first disables nested tensors: expected, not news here.
     warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
     cores = os.cpu_count() or 1
@@ -269,6 +269,12 @@ def main() -> None:
     torch.set_num_threads(threads)
     busy = busy_cores()  # before this run adds to it
     torch.manual_seed(args.seed)
+    return cores, threads, busy
+
+
+def main() -> None:
+    args = parse_args()
+    cores, threads, busy = start_run(args)
     cfg = build_config(args)
     model = MiniGPT5(cfg).train()
     batch = make_batch(model, args)
