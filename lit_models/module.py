@@ -90,7 +90,9 @@ class MiniGPT5Module(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         total_steps = int(self.trainer.estimated_stepping_batches)
-        optimizer, schedule = build_optimizer(self, self.optim, (MAPPER_PREFIX,), total_steps)
+        optimizer, schedule = build_optimizer(
+            self, self.optim, (MAPPER_PREFIX,), total_steps, fused=not self.trainer.gradient_clip_val
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---- checkpoints: trainable weights only ----

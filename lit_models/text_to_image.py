@@ -66,7 +66,9 @@ class TextToImageModule(LightningModule):
         self.log("val/ldm", self._loss(batch, generator), batch_size=batch["target_pixels"].shape[0])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer, schedule = build_optimizer(self, self.optim, (), int(self.trainer.estimated_stepping_batches))
+        optimizer, schedule = build_optimizer(
+            self, self.optim, (), int(self.trainer.estimated_stepping_batches), fused=not self.trainer.gradient_clip_val
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def export(self, directory: str) -> None:

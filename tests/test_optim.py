@@ -51,3 +51,10 @@ def test_build_optimizer_applies_schedule_per_group():
 def test_bad_optim_values_are_named(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         OptimConfig(**kwargs)
+
+
+def test_fused_unless_clipping():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    fused, _ = build_optimizer(model, OptimConfig(), (), total_steps=4)
+    looped, _ = build_optimizer(model, OptimConfig(), (), total_steps=4, fused=False)
+    assert fused.defaults["fused"] and not looped.defaults["fused"] and looped.defaults["foreach"]
