@@ -41,6 +41,7 @@ class SampleGrid(Callback):
         self.seed = seed
         self.dirpath = dirpath
         self.last_path: Optional[Path] = None
+        self._last_step = -1  # the global step of the last grid, so no step logs twice
 
     def _dir(self, trainer: Trainer) -> Path:
         root = self.dirpath or trainer.log_dir or trainer.default_root_dir
@@ -77,11 +78,11 @@ class SampleGrid(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero and getattr(self, "_last_step", -1) != step:
+        if step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero and self._last_step != step:
             self._last_step = step
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and getattr(self, "_last_step", -1) != trainer.global_step:
+        if trainer.is_global_zero and self._last_step != trainer.global_step:
             self._last_step = trainer.global_step
             self.log_grid(trainer, pl_module)

@@ -84,7 +84,7 @@ def _worker_name() -> str:
 
 
 class SampleCounter:
-    """Counts and logs bad samples (as a wds handler) and truncated captions.
+    """Counts and logs bad samples (as a wds handler), truncated sequences and skipped examples.
 
     Counts are per process: each DataLoader worker holds its own copy, so with
     ``num_workers > 0`` the running counts appear in the workers' log lines only.
