@@ -85,33 +85,41 @@ class InterleavedEncoder:
         if len(turns) < 2:
             raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
         indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
-        resolution = self.cfg.diffusion.resolution
         examples = []
         for t in indices:
-            context = [
-                Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
-                for text, images in turns[:t]
-            ]
-            target_text, target_images = turns[t]
             try:
-                example = encode_interleaved(
-                    self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
-                    image_token_id=self.image_token_id, image_tokens=self.image_tokens,
-                    max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
-                )
+                item = self.encode_turn(turns, t)
             except SequenceTooLong as err:
                 self.counter.note_skipped(sample, f"target turn {t}: {err}")
                 continue
-            if example.truncated:
+            if item["example"].truncated:
                 self.counter.note_truncated(sample)
-            kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
-            examples.append({
-                "example": example,
-                "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
-                "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
-                if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
-            })
+            examples.append(item)
         return examples
+
+    def encode_turn(self, turns: list[tuple[str, list[Image.Image]]], t: int) -> dict[str, Any]:
+        """The example whose target is ``turns[t]`` and whose context is the turns before it.
+
+        Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
+        """
+        context = [
+            Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
+            for text, images in turns[:t]
+        ]
+        target_text, target_images = turns[t]
+        example = encode_interleaved(
+            self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
+            image_token_id=self.image_token_id, image_tokens=self.image_tokens,
+            max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
+        )
+        resolution = self.cfg.diffusion.resolution
+        kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
+        return {
+            "example": example,
+            "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
+            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
+            if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
+        }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads: padded tokens, input and target images in order."""
