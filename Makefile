@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: install demo test train-uas train-mls bench clean
+.PHONY: install demo test train-uas train-mls eval bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,36 @@ STAGE1 ?= outputs/uas/checkpoints/last.ckpt
 train-mls: install
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_$(DATASET).yaml \
 		-c configs/model/paper.yaml --model.init_from=$(STAGE1) $(ARGS)
+
+# `make eval CKPT=... PROTOCOL=cc3m|vist|mmdialog SHARDS=...` evaluates a checkpoint (ARGS: more
+# `minigpt5 eval` flags). Without CKPT it runs the tiny preset end to end on this machine:
+# synthetic data, short stage-1 and stage-2 runs, then every protocol with tiny extractors.
+EVAL := outputs/eval
+EVAL_TINY := --extractors tiny --steps 25 --no-progress
+ifdef CKPT
+eval: install
+	$(BIN)/minigpt5 eval --ckpt $(CKPT) --protocol $(PROTOCOL) --shards '$(SHARDS)' --out $(EVAL)/$(PROTOCOL) $(ARGS)
+else
+eval: install
+	$(BIN)/minigpt5 data synthetic --out $(EVAL)/pairs --num 512 --val-num 24 --size 32
+	$(BIN)/minigpt5 data synthetic --stories --out $(EVAL)/stories --num 128 --val-num 6 --size 32
+	$(BIN)/minigpt5 data synthetic --dialogues --out $(EVAL)/dialogues --num 4 --val-num 6 --size 32
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml --trainer.default_root_dir=$(EVAL)/uas \
+		--trainer.max_steps=100 --data.train_shards=$(EVAL)/pairs/train-000000.tar --trainer.enable_progress_bar=false
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml -c configs/model/tiny.yaml \
+		--model.init_from=$(EVAL)/uas/checkpoints/last.ckpt --trainer.default_root_dir=$(EVAL)/mls --trainer.max_steps=40 \
+		--data.train_shards=$(EVAL)/stories/train-000000.tar --data.batch_size=8 --data.num_workers=1 \
+		--trainer.enable_progress_bar=false
+	$(BIN)/minigpt5 eval --ckpt $(EVAL)/uas/checkpoints/last.ckpt --protocol cc3m --shards $(EVAL)/pairs/val-000000.tar \
+		--systems minigpt5 sd2 --guidance-scale 1 2 7.5 --out $(EVAL)/cc3m $(EVAL_TINY)
+	$(BIN)/minigpt5 eval --ckpt $(EVAL)/mls/checkpoints/last.ckpt --protocol vist --shards $(EVAL)/stories/val-000000.tar \
+		--systems minigpt5 sd2 --sd2-text story --out $(EVAL)/vist $(EVAL_TINY)
+	$(BIN)/minigpt5 eval --ckpt $(EVAL)/mls/checkpoints/last.ckpt --protocol mmdialog --max-new-tokens 24 \
+		--shards $(EVAL)/dialogues/val-000000.tar --out $(EVAL)/mmdialog $(EVAL_TINY)
+	@echo
+	@echo "Results tables (tiny extractors: the numbers only show the pipeline works):"
+	@echo "  $(EVAL)/cc3m/results.md  $(EVAL)/vist/results.md  $(EVAL)/mmdialog/results.md (and .json, samples_*.png)"
+endif
 
 bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
