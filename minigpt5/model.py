@@ -14,6 +14,7 @@ from minigpt5.adapters import apply_adapter
 from minigpt5.builders import Components, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.guidance import drop_features, sample_latents
+from minigpt5.layers import checkpoint_layers, llm_layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
@@ -83,6 +84,7 @@ class MiniGPT5(nn.Module):
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
         self.mark_trainable()
+        self.apply_activation_checkpointing()
 
     # ---- what trains ----
 
@@ -103,6 +105,13 @@ class MiniGPT5(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         log.info("MiniGPT5 parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+
+    def apply_activation_checkpointing(self) -> None:
+        """Checkpoint the LLM's decoder layers and/or the UNet's blocks, as the config says."""
+        if self.cfg.llm.gradient_checkpointing:
+            checkpoint_layers(self.llm, llm_layer_classes(self.llm))
+        if self.cfg.diffusion.gradient_checkpointing:
+            checkpoint_layers(self.unet, unet_block_classes(self.unet))
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules with no trainable parameter; kept in eval mode (no dropout)."""
@@ -150,7 +159,8 @@ class MiniGPT5(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)."""
         embeds = self.embed_inputs(input_ids, input_pixels)  # (B, T, D)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        # No KV cache: nothing reuses it, and a checkpointed layer would write it twice.
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1]  # (B, T, D), after the final norm
         return self.vokens.extend_logits(hidden, out.logits), hidden
 
