@@ -45,6 +45,16 @@ class MiniGPT5Output:
         return total
 
 
+def zero_through(module: nn.Module) -> torch.Tensor:
+    """A zero that depends on every trainable parameter of ``module``.
+
+    Added where a batch leaves a trainable part unused (no target image, no context image),
+    so every trainable parameter gets a (zero) gradient in every step: DDP then needs no
+    search for unused parameters (``find_unused_parameters=False``).
+    """
+    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+
+
 class MiniGPT5(nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
 
@@ -85,6 +95,13 @@ class MiniGPT5(nn.Module):
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
         self.mark_trainable()
         self.apply_activation_checkpointing()
+
+    @classmethod
+    def on_meta(cls, cfg: MiniGPT5Config) -> "MiniGPT5":
+        """The model with every tensor on the meta device: sizes, dtypes and what trains,
+        without memory or weights (the paper's models from their shipped configs)."""
+        with torch.device("meta"):
+            return cls(cfg, build_components(cfg, empty=True))
 
     # ---- what trains ----
 
@@ -141,6 +158,8 @@ class MiniGPT5(nn.Module):
         is_image = input_ids == self.image_token_id  # (B, T)
         embeds = self.vokens.embed(input_ids.masked_fill(is_image, 0), self.llm.get_input_embeddings())
         if not is_image.any():
+            if self.input_projection is not None and torch.is_grad_enabled():
+                embeds = embeds + zero_through(self.input_projection)
             return embeds
         if input_pixels is None or self.vision is None:
             raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
@@ -223,9 +242,7 @@ class MiniGPT5(nn.Module):
             raise ValueError(f"batch has {features.shape[0]} voken blocks but {pixels.shape[0]} target images")
         if features.shape[0] == 0:
             # No target image (e.g. text-only dialogue responses): no diffusion or CAP loss.
-            # A zero that still touches the trainable mapper keeps DDP's every-parameter contract.
-            zero = sum(p.sum() for p in self.mapper.parameters() if p.requires_grad) * 0.0
-            return MiniGPT5Output(text=loss_text, ldm=zero, cap=None)
+            return MiniGPT5Output(text=loss_text, ldm=zero_through(self.mapper), cap=None)
         features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
         cond = self.condition(features)  # (N, Q, C)
         latents = self.encode_images(pixels, generator)

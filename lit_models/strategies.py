@@ -1,0 +1,85 @@
+"""FSDP for MiniGPT-5: units found from the model, so any Hugging Face causal LM works.
+
+``configs/strategy/fsdp.yaml`` names :class:`MiniGPT5FSDPStrategy`. Its auto-wrap policy
+makes an FSDP unit of every LLM decoder layer (the classes the LLM lists in
+``_no_split_modules``), every UNet down/mid/up block, the feature mapper, the SD text
+encoder, the VAE's encoder and decoder, and the input-side vision tower. What is left
+in the root unit is small: voken rows, input projection, the LLM's embedding table, LM
+head and final norm, and the UNet's stem and head.
+
+Only modules entered through ``__call__`` can be units (FSDP gathers a unit's shards in
+its forward): that is why the VAE's encoder and decoder are units rather than the
+``AutoencoderKL`` itself, whose ``encode`` method is called directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.strategies import FSDPStrategy
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
+
+from minigpt5.builders import VAELatents
+from minigpt5.layers import llm_layer_classes, unet_block_classes
+from minigpt5.model import MiniGPT5
+
+
+def find_minigpt5(root: nn.Module) -> MiniGPT5:
+    """The MiniGPT5 inside ``root`` (a LightningModule or the model itself)."""
+    for module in root.modules():
+        if isinstance(module, MiniGPT5):
+            return module
+    raise ValueError(f"no MiniGPT5 model inside {type(root).__name__}: nothing to shard")
+
+
+def sharding_unit_classes(model: MiniGPT5) -> set[type[nn.Module]]:
+    """Module classes that become FSDP units (see the module docstring)."""
+    classes = llm_layer_classes(model.llm) | unet_block_classes(model.unet)
+    classes |= {type(model.mapper), type(model.text_encoder)}
+    if isinstance(model.latents, VAELatents):
+        classes |= {type(model.latents.vae.encoder), type(model.latents.vae.decoder)}
+    if model.vision is not None:
+        classes.add(type(model.vision))
+    return classes
+
+
+class MiniGPT5WrapPolicy(_Policy):
+    """``ModuleWrapPolicy`` over :func:`sharding_unit_classes` of the model being wrapped.
+
+    The classes are read when FSDP wraps the module, so one YAML works for any LLM.
+    """
+
+    def _run_policy(
+        self, root_module: nn.Module, ignored_modules: set[nn.Module], root_kwargs: dict[str, Any]
+    ) -> dict[nn.Module, dict[str, Any]]:
+        classes = sharding_unit_classes(find_minigpt5(root_module))
+        return ModuleWrapPolicy(classes)._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+class MiniGPT5FSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP with MiniGPT-5's wrap policy and ``use_orig_params=True``.
+
+    ``use_orig_params`` lets frozen and trainable parameters share a unit (LoRA inside a
+    frozen decoder layer; voken rows beside the frozen embedding in the root), keeps
+    ``requires_grad`` per parameter, so the optimizer is built from the trainable
+    parameters only, as under DDP. FSDP (v1) flattens each unit into one tensor, which
+    must have a single dtype: run it with every part in float32 (``fsdp.yaml`` does) and
+    let the bf16 mixed-precision policy cast for compute.
+    """
+
+    def __init__(
+        self,
+        sharding_strategy: str = "FULL_SHARD",
+        state_dict_type: str = "full",
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            auto_wrap_policy=MiniGPT5WrapPolicy(),
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            cpu_offload=cpu_offload,
+            use_orig_params=True,
+            **kwargs,
+        )
