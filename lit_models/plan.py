@@ -38,12 +38,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from lit_models.cli import MiniGPT5CLI, run_lightning
 from lit_models.module import MiniGPT5Module
 from lit_models.strategies import sharding_unit_classes
 from minigpt5.config import ConfigError, MiniGPT5Config
-from minigpt5.layers import checkpoint_layers, llm_layer_classes, unet_block_classes
+from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.memory import Activations, measure_activations
 from minigpt5.model import MiniGPT5
 
@@ -67,20 +68,36 @@ class ModelSizes:
         return self.total - self.trainable
 
 
+def unit_parameters(root: nn.Module, classes: tuple[type[nn.Module], ...]) -> dict[int, int]:
+    """Parameters owned by each FSDP unit (id -> count): a unit owns what no unit inside it
+    does; ``root`` is the root unit."""
+    owned: dict[int, int] = {}
+
+    def walk(module: nn.Module, unit: nn.Module) -> None:
+        if isinstance(module, classes):
+            unit = module
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        owned[id(unit)] = owned.get(id(unit), 0) + own
+        for child in module.children():
+            walk(child, unit)
+
+    owned[id(root)] = 0
+    walk(root, root)
+    return owned
+
+
 def model_sizes(model: MiniGPT5) -> ModelSizes:
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     frozen = [p for p in params if not p.requires_grad]
-    classes = tuple(sharding_unit_classes(model))
-    units = [m for m in model.modules() if isinstance(m, classes)]  # not nested in one another
-    in_units = {id(p) for unit in units for p in unit.parameters()}
+    owned = unit_parameters(model, tuple(sharding_unit_classes(model)))
     return ModelSizes(
         total=sum(p.numel() for p in params),
         trainable=sum(p.numel() for p in trainable),
         frozen_bytes=sum(p.numel() * p.element_size() for p in frozen),
         trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
-        root_unit=sum(p.numel() for p in params if id(p) not in in_units),
-        largest_unit=max((sum(p.numel() for p in unit.parameters()) for unit in units), default=0),
+        root_unit=owned.pop(id(model)),
+        largest_unit=max(owned.values(), default=0),
     )
 
 
@@ -210,7 +227,7 @@ def make_plan(settings: RunSettings) -> Plan:
     sizes = model_sizes(model)
     batch, seq = settings.batch_size, cfg.llm.max_length
     off = measure_activations(model, batch, seq)
-    checkpoint_layers(model.llm, llm_layer_classes(model.llm))
+    checkpoint_layers(model.llm, layer_classes(model.llm))
     checkpoint_layers(model.unet, unet_block_classes(model.unet))
     on = measure_activations(model, batch, seq)
     return Plan(settings, sizes, off, on)

@@ -2,10 +2,11 @@
 
 ``configs/strategy/fsdp.yaml`` names :class:`MiniGPT5FSDPStrategy`. Its auto-wrap policy
 makes an FSDP unit of every LLM decoder layer (the classes the LLM lists in
-``_no_split_modules``), every UNet down/mid/up block, the feature mapper, the SD text
-encoder, the VAE's encoder and decoder, and the input-side vision tower. What is left
-in the root unit is small: voken rows, input projection, the LLM's embedding table, LM
-head and final norm, and the UNet's stem and head.
+``_no_split_modules``), every UNet down/mid/up block, the feature mapper, the VAE's
+encoder and decoder, and the frozen SD text encoder and input-side vision tower, each
+with nested units on its own ``_no_split_modules`` layers (a unit owns what its inner
+units do not). What is left in the root unit is small: voken rows, input projection,
+the LLM's embedding table, LM head and final norm, and the UNet's stem and head.
 
 Only modules entered through ``__call__`` can be units (FSDP gathers a unit's shards in
 its forward): that is why the VAE's encoder and decoder are units rather than the
@@ -21,7 +22,7 @@ from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
 
 from minigpt5.builders import VAELatents
-from minigpt5.layers import llm_layer_classes, unet_block_classes
+from minigpt5.layers import layer_classes, unet_block_classes
 from minigpt5.model import MiniGPT5
 
 
@@ -35,12 +36,12 @@ def find_minigpt5(root: nn.Module) -> MiniGPT5:
 
 def sharding_unit_classes(model: MiniGPT5) -> set[type[nn.Module]]:
     """Module classes that become FSDP units (see the module docstring)."""
-    classes = llm_layer_classes(model.llm) | unet_block_classes(model.unet)
-    classes |= {type(model.mapper), type(model.text_encoder)}
+    classes = layer_classes(model.llm) | unet_block_classes(model.unet) | {type(model.mapper)}
+    towers = [model.text_encoder] + ([model.vision] if model.vision is not None else [])
+    for tower in towers:
+        classes |= {type(tower)} | layer_classes(tower)
     if isinstance(model.latents, VAELatents):
         classes |= {type(model.latents.vae.encoder), type(model.latents.vae.decoder)}
-    if model.vision is not None:
-        classes.add(type(model.vision))
     return classes
 
 

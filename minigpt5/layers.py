@@ -21,22 +21,22 @@ from transformers import PreTrainedModel
 _CHECKPOINTED = "_minigpt5_checkpointed"
 
 
-def llm_layer_classes(llm: nn.Module) -> set[type[nn.Module]]:
-    """Classes of the decoder layers of ``llm`` (a Hugging Face model, PEFT-wrapped or not).
-
-    They are the classes its ``PreTrainedModel`` declares in ``_no_split_modules`` that occur
-    in it; raises when there are none, since nothing could then be wrapped or checkpointed.
+def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """Classes of the layers of a Hugging Face model (PEFT-wrapped or not): those its
+    ``PreTrainedModel`` declares in ``_no_split_modules`` that occur in it, e.g. an LLM's
+    decoder layers. Raises when there are none, since nothing could then be wrapped or
+    checkpointed.
     """
     names = {
         name
-        for module in llm.modules()
+        for module in model.modules()
         if isinstance(module, PreTrainedModel)
         for name in (getattr(module, "_no_split_modules", None) or ())
     }
-    classes = {type(m) for m in llm.modules() if type(m).__name__ in names}
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
     if not classes:
         raise ValueError(
-            f"{type(llm).__name__} declares no decoder-layer classes in _no_split_modules "
+            f"{type(model).__name__} declares no layer classes in _no_split_modules "
             f"(found names {sorted(names)}); its layers cannot be checkpointed or FSDP-wrapped"
         )
     return classes

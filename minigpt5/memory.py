@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt5.layers import llm_layer_classes, unet_block_classes
+from minigpt5.layers import layer_classes, unet_block_classes
 from minigpt5.model import MiniGPT5
 
 
@@ -155,7 +155,7 @@ def measure_activations(model: MiniGPT5, batch: int, seq_len: int) -> Activation
         pred = model.unet(x.latents, x.timesteps, encoder_hidden_states=x.cond).sample
         F.mse_loss(pred.float(), x.latents.float())
 
-    llm_layer = largest_unit(counter, model.llm, llm_layer_classes(model.llm), llm)
+    llm_layer = largest_unit(counter, model.llm, layer_classes(model.llm), llm)
     llm_bytes = counter.bytes
     mapper_bytes = counter.run(lambda: model.condition(x.features))
     unet_block = largest_unit(counter, model.unet, unet_block_classes(model.unet), unet)

@@ -14,7 +14,7 @@ from minigpt5.adapters import apply_adapter
 from minigpt5.builders import Components, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.guidance import drop_features, sample_latents
-from minigpt5.layers import checkpoint_layers, llm_layer_classes, unet_block_classes
+from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
@@ -126,7 +126,7 @@ class MiniGPT5(nn.Module):
     def apply_activation_checkpointing(self) -> None:
         """Checkpoint the LLM's decoder layers and/or the UNet's blocks, as the config says."""
         if self.cfg.llm.gradient_checkpointing:
-            checkpoint_layers(self.llm, llm_layer_classes(self.llm))
+            checkpoint_layers(self.llm, layer_classes(self.llm))
         if self.cfg.diffusion.gradient_checkpointing:
             checkpoint_layers(self.unet, unet_block_classes(self.unet))
 

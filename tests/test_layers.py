@@ -10,7 +10,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from minigpt5.config import MiniGPT5Config, PeftSettings
-from minigpt5.layers import checkpoint_layers, llm_layer_classes, unet_block_classes
+from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.model import MiniGPT5
 
 CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
@@ -68,13 +68,13 @@ def test_checkpointing_gives_the_same_grads_and_saves_less(tiny_config, caption_
 
 
 def test_layer_classes_and_idempotent_wrapping(tiny_model):
-    assert llm_layer_classes(tiny_model.llm) == {LlamaDecoderLayer}
+    assert layer_classes(tiny_model.llm) == {LlamaDecoderLayer}
     assert {c.__name__ for c in unet_block_classes(tiny_model.unet)} == {
         "DownBlock2D", "CrossAttnDownBlock2D", "UNetMidBlock2DCrossAttn", "CrossAttnUpBlock2D", "UpBlock2D"
     }
     names = [n for n, _ in tiny_model.named_parameters()]
-    assert checkpoint_layers(tiny_model.llm, llm_layer_classes(tiny_model.llm)) == tiny_model.cfg.llm.num_layers
-    assert checkpoint_layers(tiny_model.llm, llm_layer_classes(tiny_model.llm)) == 0  # already done
+    assert checkpoint_layers(tiny_model.llm, layer_classes(tiny_model.llm)) == tiny_model.cfg.llm.num_layers
+    assert checkpoint_layers(tiny_model.llm, layer_classes(tiny_model.llm)) == 0  # already done
     assert [n for n, _ in tiny_model.named_parameters()] == names  # no wrapper module in the names
     # A deep copy's layers recompute themselves, not the original's.
     clone = copy.deepcopy(tiny_model.llm)
@@ -84,4 +84,4 @@ def test_layer_classes_and_idempotent_wrapping(tiny_model):
 
 def test_a_model_without_declared_layers_is_refused():
     with pytest.raises(ValueError, match="_no_split_modules"):
-        llm_layer_classes(torch.nn.Linear(2, 2))
+        layer_classes(torch.nn.Linear(2, 2))

@@ -19,7 +19,6 @@ from lit_models.plan import (
     model_sizes,
     read_settings,
 )
-from lit_models.strategies import sharding_unit_classes
 from minigpt5.config import ConfigError
 from minigpt5.model import MiniGPT5
 
@@ -133,8 +132,13 @@ def test_footprints_by_hand(tiny_model):
     sizes = model_sizes(model)
     assert (sizes.trainable, sizes.frozen) == (trainable, frozen)
     assert (sizes.trainable_bytes, sizes.frozen_bytes) == (4 * trainable, 4 * frozen)  # all fp32
-    units = [m for m in model.modules() if isinstance(m, tuple(sharding_unit_classes(model)))]
-    assert sizes.largest_unit == max(sum(p.numel() for p in u.parameters()) for u in units)
+    numel = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    text = model.text_encoder
+    candidates = [numel(layer) for layer in model.llm.model.layers]
+    candidates += [numel(b) for b in [*model.unet.down_blocks, model.unet.mid_block, *model.unet.up_blocks]]
+    candidates += [numel(model.mapper), numel(text.embeddings), *(numel(layer) for layer in text.encoder.layers)]
+    candidates.append(numel(text.final_layer_norm))  # what the text-encoder unit owns beside its layers
+    assert sizes.largest_unit == max(candidates)
     assert sizes.root_unit == (sum(p.numel() for p in model.vokens.parameters())
                                + model.llm.model.embed_tokens.weight.numel() + model.llm.lm_head.weight.numel()
                                + model.llm.model.norm.weight.numel()

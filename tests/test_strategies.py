@@ -66,7 +66,9 @@ def test_fsdp_overlay_wraps_decoder_layers_unet_blocks_and_towers():
     layers = [m for m in model.llm.modules() if isinstance(m, LlamaDecoderLayer)]
     blocks = [*model.unet.down_blocks, model.unet.mid_block, *model.unet.up_blocks]
     assert len(layers) == model.cfg.llm.num_layers and len(blocks) == 5
-    for module in [*layers, *blocks, model.mapper, model.text_encoder, model.vision]:
+    towers = [model.text_encoder, *model.text_encoder.encoder.layers, model.vision,
+              *model.vision.encoder.encoder.layers]
+    for module in [*layers, *blocks, model.mapper, *towers]:
         assert module in units, type(module).__name__
     # The root unit keeps only what is used outside a unit's forward.
     in_units = {id(p) for unit in units for p in unit.parameters()}
