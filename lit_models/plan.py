@@ -14,7 +14,8 @@ parameter counts; "mixed" is a 16-bit mixed ``trainer.precision``.
   each GPU keeps its 1/N of the gradients (bf16) and of the optimizer state: fp32 master
   copy + m + v = 12 P_t / N.
 - ZeRO-3: as ZeRO-2 with the weights sharded too, frozen ones included (/N), plus the
-  parameters gathered for the modules being run (two FSDP-sized units, for prefetch).
+  parameters gathered for the modules being run, approximated by two of the FSDP policy's
+  units (DeepSpeed gathers per module and prefetches up to ``stage3_prefetch_bucket_size``).
 - FSDP: ``fsdp.yaml`` keeps every part in fp32 (one dtype per unit), sharded: 4 (P_f +
   P_t) / N, fp32 gradients 4 P_t / N, m and v 8 P_t / N; gathered: the root unit for the
   whole step plus two units (prefetch) in the compute dtype (bf16 when mixed).
