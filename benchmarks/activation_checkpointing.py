@@ -22,7 +22,7 @@ Three figures per setting:
 
 The script reports; it never asserts a time.
 
-    python benchmarks/activation_checkpointing.py            # ~2 min on 2 idle cores
+    python benchmarks/activation_checkpointing.py            # ~2 min on one core
     python benchmarks/activation_checkpointing.py --device cuda --batch 8
 """
 
@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-length", type=int, default=272, help="llm.max_length (the sequence is ~words + 9 tokens)")
     add("--repeats", type=int, default=4, help="timed steps per setting (median reported)")
     add("--warmup", type=int, default=1)
-    add("--threads", type=int, default=0, help="torch threads; 0 = all cores")
+    # On shared cores two threads wait on a busy neighbour: measured here, a step took 39 s
+    # with 2 threads against 4 s with 1, and the ratio drowned in the noise.
+    add("--threads", type=int, default=1, help="torch threads; 0 = all cores")
     add("--seed", type=int, default=0)
     add("--device", default="cpu")
     add("--mapper-width", type=int, default=256)
