@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -191,7 +191,7 @@ def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DCondit
     dtype = _dtype(cfg.torch_dtype)
     source = architecture_source(cfg.path)
 
-    def read(what: str, read_config, subfolder: str):
+    def read(what: str, read_config: Callable[..., Any], subfolder: str) -> Any:
         return load_pretrained(f"SD {what} config", source, read_config, subfolder=subfolder)
 
     scheduler = load_pretrained("SD scheduler", source, DDPMScheduler.from_pretrained, subfolder="scheduler")
