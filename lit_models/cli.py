@@ -85,11 +85,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lit_models.generate_cli import main as generate_main
 
         return generate_main(argv[1:])
-    if argv[:1] == ["plan"]:
-        from lit_models.plan import main as plan_main
-
-        return plan_main(argv[1:])
     try:
+        if argv[:1] == ["plan"]:
+            from lit_models.plan import main as plan_main
+
+            return plan_main(argv[1:])
         if argv[:1] == ["pretrain-sd"]:
             run_lightning(TextToImageModule, argv[1:])
         else:
