@@ -39,11 +39,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from lit_models.cli import MiniGPT5CLI, run_lightning
 from lit_models.module import MiniGPT5Module
-from lit_models.strategies import sharding_unit_classes
+from lit_models.strategies import sharding_unit_classes, unit_parameters
 from minigpt5.config import ConfigError, MiniGPT5Config
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.memory import Activations, measure_activations
@@ -69,35 +68,17 @@ class ModelSizes:
         return self.total - self.trainable
 
 
-def unit_parameters(root: nn.Module, classes: tuple[type[nn.Module], ...]) -> dict[int, int]:
-    """Parameters owned by each FSDP unit (id -> count): a unit owns what no unit inside it
-    does; ``root`` is the root unit."""
-    owned: dict[int, int] = {}
-
-    def walk(module: nn.Module, unit: nn.Module) -> None:
-        if isinstance(module, classes):
-            unit = module
-        own = sum(p.numel() for p in module.parameters(recurse=False))
-        owned[id(unit)] = owned.get(id(unit), 0) + own
-        for child in module.children():
-            walk(child, unit)
-
-    owned[id(root)] = 0
-    walk(root, root)
-    return owned
-
-
 def model_sizes(model: MiniGPT5) -> ModelSizes:
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     frozen = [p for p in params if not p.requires_grad]
-    owned = unit_parameters(model, tuple(sharding_unit_classes(model)))
+    owned = {unit: sum(p.numel() for p in ps) for unit, ps in unit_parameters(model, sharding_unit_classes(model)).items()}
     return ModelSizes(
         total=sum(p.numel() for p in params),
         trainable=sum(p.numel() for p in trainable),
         frozen_bytes=sum(p.numel() * p.element_size() for p in frozen),
         trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
-        root_unit=owned.pop(id(model)),
+        root_unit=owned.pop(model),
         largest_unit=max(owned.values(), default=0),
     )
 

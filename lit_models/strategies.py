@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
 
 from minigpt5.builders import VAELatents
+from minigpt5.config import ConfigError
 from minigpt5.layers import layer_classes, unet_block_classes
 from minigpt5.model import MiniGPT5
 
@@ -43,6 +44,35 @@ def sharding_unit_classes(model: MiniGPT5) -> set[type[nn.Module]]:
     if isinstance(model.latents, VAELatents):
         classes |= {type(model.latents.vae.encoder), type(model.latents.vae.decoder)}
     return classes
+
+
+def unit_parameters(root: nn.Module, classes: set[type[nn.Module]]) -> dict[nn.Module, list[nn.Parameter]]:
+    """The parameters each FSDP unit owns: a unit owns what no unit inside it does;
+    ``root`` is the root unit."""
+    owned: dict[nn.Module, list[nn.Parameter]] = {root: []}
+    classes = tuple(classes)
+
+    def walk(module: nn.Module, unit: nn.Module) -> None:
+        if isinstance(module, classes):
+            unit = module
+        owned.setdefault(unit, []).extend(module.parameters(recurse=False))
+        for child in module.children():
+            walk(child, unit)
+
+    walk(root, root)
+    return owned
+
+
+def check_unit_dtypes(root: nn.Module) -> None:
+    """Raise when a unit would mix dtypes, which FSDP (v1) cannot flatten into one tensor."""
+    for unit, params in unit_parameters(root, sharding_unit_classes(find_minigpt5(root))).items():
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
+        if len(dtypes) > 1:
+            raise ConfigError(
+                f"FSDP unit {type(unit).__name__} holds parameters of dtypes {', '.join(dtypes)}; FSDP needs one "
+                "dtype per unit. Keep every part in float32 (model.config.{llm,diffusion,vision}.torch_dtype: "
+                "float32, as configs/strategy/fsdp.yaml sets; put that file after the model overlay)."
+            )
 
 
 class MiniGPT5WrapPolicy(_Policy):
@@ -84,3 +114,7 @@ class MiniGPT5FSDPStrategy(FSDPStrategy):
             use_orig_params=True,
             **kwargs,
         )
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        check_unit_dtypes(model)  # before FSDP's own, less specific error
+        return super()._setup_model(model)

@@ -16,8 +16,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from lit_models.cli import run_lightning
 from lit_models.module import MiniGPT5Module
-from lit_models.strategies import MiniGPT5FSDPStrategy, MiniGPT5WrapPolicy, find_minigpt5
-from minigpt5.config import MiniGPT5Config, PeftSettings, VisionConfig
+from lit_models.strategies import MiniGPT5FSDPStrategy, MiniGPT5WrapPolicy, check_unit_dtypes, find_minigpt5
+from minigpt5.config import ConfigError, MiniGPT5Config, PeftSettings, VisionConfig
 from minigpt5.model import MiniGPT5
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +102,11 @@ def test_every_trainable_parameter_gets_a_gradient_without_context_images(captio
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     assert torch.count_nonzero(model.input_projection.weight.grad) == 0  # touched, not moved
+
+
+def test_fsdp_refuses_units_of_mixed_dtypes_with_the_fix_named():
+    """A bf16 frozen LLM with fp32 voken rows in the root unit: FSDP v1 cannot flatten that."""
+    cli = build_cli("fsdp", "--model.config.llm.torch_dtype=bfloat16")
+    with pytest.raises(ConfigError, match=r"FSDP unit .* dtypes bfloat16, float32.*fsdp.yaml"):
+        cli.trainer.strategy._setup_model(cli.model)
+    check_unit_dtypes(build_cli("fsdp").model)  # the overlay as shipped is fine
