@@ -84,6 +84,7 @@ endif
 bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
 	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/activation_checkpointing.py
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache

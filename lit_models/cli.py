@@ -4,6 +4,7 @@
   minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
   minigpt5 data cc3m|synthetic ...                            shard converters
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
+  minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
@@ -56,10 +57,15 @@ class MiniGPT5CLI(LightningCLI):
             logger.init_args.save_dir = config.trainer.default_root_dir or "."
 
 
-def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] = None, run: bool = True) -> MiniGPT5CLI:
+def run_lightning(
+    model_class: type[LightningModule],
+    args: Optional[list[str]] = None,
+    run: bool = True,
+    cli_class: type[MiniGPT5CLI] = MiniGPT5CLI,
+) -> MiniGPT5CLI:
     """Parse ``args`` (a subcommand first when ``run``) and run it; ``run=False`` only builds."""
     silence_expected_warnings()
-    return MiniGPT5CLI(
+    return cli_class(
         model_class,
         run=run,
         subclass_mode_data=True,
@@ -84,6 +90,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         return generate_main(argv[1:])
     try:
+        if argv[:1] == ["plan"]:
+            from lit_models.plan import main as plan_main
+
+            return plan_main(argv[1:])
         if argv[:1] == ["pretrain-sd"]:
             run_lightning(TextToImageModule, argv[1:])
         else:

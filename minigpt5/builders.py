@@ -4,12 +4,18 @@ A component whose ``path`` is unset is built from the tiny sizes with a fixed se
 so the frozen tiny weights are a function of the config alone (a resumed run in a
 new process gets the same ones). A component with a ``path`` is loaded from that
 local folder or hub id; failures name what is missing and how to provide it.
+
+``empty=True`` builds every component from its architecture config alone, for use
+under ``torch.device("meta")``: no weights are read, and the paper's hub ids resolve
+to the configs shipped in ``minigpt5/architectures`` (tokenizers are the tiny one,
+with the vokens placed after the configured vocabulary).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -26,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from minigpt5.architectures import architecture_source
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
 from minigpt5.tokenizer import build_tiny_tokenizer
@@ -37,6 +44,17 @@ TINY_SEED = 0
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Floating-point tensors created inside are ``dtype``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class PixelSpace(nn.Module):
@@ -91,38 +109,46 @@ class Components:
 
 # ---- tokenizers (also used by the data modules, without building any model) ----
 
-def llm_embedding_rows(cfg: LLMConfig) -> int:
+def llm_config(cfg: LLMConfig, empty: bool = False) -> AutoConfig:
+    """The Hugging Face config of a loaded LLM (``cfg.path`` set), read without weights."""
+    source = architecture_source(cfg.path) if empty else cfg.path
+    return load_pretrained("LLM config", source, AutoConfig.from_pretrained)
+
+
+def llm_embedding_rows(cfg: LLMConfig, empty: bool = False) -> int:
     """Rows of the LLM's input embedding table, read from its config only."""
     if cfg.path is None:
         return len(build_tiny_tokenizer())
-    return load_pretrained("LLM config", cfg.path, AutoConfig.from_pretrained).vocab_size
+    return llm_config(cfg, empty).vocab_size
 
 
-def build_llm_tokenizer(cfg: MiniGPT5Config) -> tuple[PreTrainedTokenizerBase, list[int]]:
+def build_llm_tokenizer(cfg: MiniGPT5Config, empty: bool = False) -> tuple[PreTrainedTokenizerBase, list[int]]:
     """The LLM tokenizer with the vokens added, and the voken ids."""
-    if cfg.llm.path is None:
+    if cfg.llm.path is None or empty:
         tokenizer = build_tiny_tokenizer()
     else:
         tokenizer = load_pretrained("LLM tokenizer", cfg.llm.path, AutoTokenizer.from_pretrained)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    voken_ids = add_voken_tokens(tokenizer, cfg.vokens, llm_embedding_rows(cfg.llm))
+    voken_ids = add_voken_tokens(tokenizer, cfg.vokens, llm_embedding_rows(cfg.llm, empty))
     # The input-image placeholder comes right after the vokens; its embedding is never
     # looked up (projected image tokens replace it), so the LLM needs no new row for it.
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     return tokenizer, voken_ids
 
 
-def build_sd_tokenizer(cfg: DiffusionConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of the SD text encoder (the tiny BPE for tiny parts)."""
-    if cfg.path is None:
+def build_sd_tokenizer(cfg: DiffusionConfig, empty: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of the SD text encoder (the tiny BPE for tiny or empty parts)."""
+    if cfg.path is None or empty:
         return build_tiny_tokenizer()
     return load_pretrained("SD tokenizer", cfg.path, AutoTokenizer.from_pretrained, subfolder="tokenizer")
 
 
 # ---- models ----
 
-def build_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
+def build_llm(cfg: LLMConfig, vocab_size: int, empty: bool = False) -> PreTrainedModel:
+    if cfg.path is not None and empty:
+        return AutoModelForCausalLM.from_config(llm_config(cfg, empty=True), dtype=_dtype(cfg.torch_dtype))
     if cfg.path is not None:
         return load_pretrained(
             "LLM", cfg.path, AutoModelForCausalLM.from_pretrained, dtype=_dtype(cfg.torch_dtype)
@@ -160,9 +186,31 @@ def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DCo
     )
 
 
-def build_diffusion(cfg: DiffusionConfig, sd_vocab: int) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+    """The loaded SD parts of ``cfg.path`` built from their configs only (no weights read)."""
+    dtype = _dtype(cfg.torch_dtype)
+    source = architecture_source(cfg.path)
+
+    def read(what: str, read_config: Callable[..., Any], subfolder: str) -> Any:
+        return load_pretrained(f"SD {what} config", source, read_config, subfolder=subfolder)
+
+    scheduler = load_pretrained("SD scheduler", source, DDPMScheduler.from_pretrained, subfolder="scheduler")
+    with default_dtype(dtype):  # created in the dtype, not cast (diffusers warns on a cast)
+        text_encoder = CLIPTextModel(read("text encoder", CLIPTextConfig.from_pretrained, "text_encoder"))
+        unet = UNet2DConditionModel.from_config(read("UNet", UNet2DConditionModel.load_config, "unet"))
+        if cfg.latent_space == "vae":
+            vae = AutoencoderKL.from_config(read("VAE", AutoencoderKL.load_config, "vae"))
+            return text_encoder, unet, VAELatents(vae), scheduler
+    return text_encoder, unet, PixelSpace(), scheduler
+
+
+def build_diffusion(
+    cfg: DiffusionConfig, sd_vocab: int, empty: bool = False
+) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
     """Text encoder, UNet, latent space and training scheduler."""
     dtype = _dtype(cfg.torch_dtype)
+    if cfg.path is not None and empty:
+        return empty_diffusion(cfg)
     if cfg.path is not None:
         text_encoder = load_pretrained(
             "SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype
@@ -211,13 +259,17 @@ def build_diffusion(cfg: DiffusionConfig, sd_vocab: int) -> tuple[PreTrainedMode
     return text_encoder, unet, latents, scheduler
 
 
-def build_components(cfg: MiniGPT5Config) -> Components:
-    """All parts for ``cfg``; tiny parts use a fixed seed and leave the global RNG as it was."""
-    tokenizer, voken_ids = build_llm_tokenizer(cfg)
-    sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
+def build_components(cfg: MiniGPT5Config, empty: bool = False) -> Components:
+    """All parts for ``cfg``; tiny parts use a fixed seed and leave the global RNG as it was.
+
+    ``empty``: loaded parts are built from their architecture configs, no weights read
+    (meant for ``torch.device("meta")``; see the module docstring).
+    """
+    tokenizer, voken_ids = build_llm_tokenizer(cfg, empty)
+    sd_tokenizer = build_sd_tokenizer(cfg.diffusion, empty)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        llm = build_llm(cfg.llm, vocab_size=voken_ids[0])
-        text_encoder, unet, latents, scheduler = build_diffusion(cfg.diffusion, len(sd_tokenizer))
-        vision = VisionTower(cfg.vision) if cfg.vision.kind != "none" else None
+        llm = build_llm(cfg.llm, vocab_size=voken_ids[0], empty=empty)
+        text_encoder, unet, latents, scheduler = build_diffusion(cfg.diffusion, len(sd_tokenizer), empty)
+        vision = VisionTower(cfg.vision, empty) if cfg.vision.kind != "none" else None
     return Components(llm, tokenizer, voken_ids, text_encoder, sd_tokenizer, unet, latents, scheduler, vision)

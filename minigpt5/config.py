@@ -40,6 +40,7 @@ class LLMConfig:
     intermediate_size: int = 128  # tiny only
     max_length: int = 64  # longest token sequence fed to the LLM
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights of the frozen LLM
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward: less memory, ~1 more forward
 
     def __post_init__(self) -> None:
         _check(self.max_length > 16, f"llm.max_length must be > 16, got {self.max_length}")
@@ -95,6 +96,7 @@ class DiffusionConfig:
     text_encoder_layers: int = 2  # tiny only
     text_max_length: int = 77  # caption tokens for the SD text encoder
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False  # recompute each UNet down/mid/up block in the backward
 
     def __post_init__(self) -> None:
         _check(self.resolution >= 8 and self.resolution % 8 == 0,

@@ -14,6 +14,7 @@ from minigpt5.adapters import apply_adapter
 from minigpt5.builders import Components, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.guidance import drop_features, sample_latents
+from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
@@ -42,6 +43,16 @@ class MiniGPT5Output:
         if self.cap is not None:
             total = total + weights.cap_weight * self.cap
         return total
+
+
+def zero_through(module: nn.Module) -> torch.Tensor:
+    """A zero that depends on every trainable parameter of ``module``.
+
+    Added where a batch leaves a trainable part unused (no target image, no context image),
+    so every trainable parameter gets a (zero) gradient in every step: DDP then needs no
+    search for unused parameters (``find_unused_parameters=False``).
+    """
+    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
 
 
 class MiniGPT5(nn.Module):
@@ -83,6 +94,14 @@ class MiniGPT5(nn.Module):
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
         self.mark_trainable()
+        self.apply_activation_checkpointing()
+
+    @classmethod
+    def on_meta(cls, cfg: MiniGPT5Config) -> "MiniGPT5":
+        """The model with every tensor on the meta device: sizes, dtypes and what trains,
+        without memory or weights (the paper's models from their shipped configs)."""
+        with torch.device("meta"):
+            return cls(cfg, build_components(cfg, empty=True))
 
     # ---- what trains ----
 
@@ -103,6 +122,13 @@ class MiniGPT5(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         log.info("MiniGPT5 parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+
+    def apply_activation_checkpointing(self) -> None:
+        """Checkpoint the LLM's decoder layers and/or the UNet's blocks, as the config says."""
+        if self.cfg.llm.gradient_checkpointing:
+            checkpoint_layers(self.llm, layer_classes(self.llm))
+        if self.cfg.diffusion.gradient_checkpointing:
+            checkpoint_layers(self.unet, unet_block_classes(self.unet))
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules with no trainable parameter; kept in eval mode (no dropout)."""
@@ -132,6 +158,8 @@ class MiniGPT5(nn.Module):
         is_image = input_ids == self.image_token_id  # (B, T)
         embeds = self.vokens.embed(input_ids.masked_fill(is_image, 0), self.llm.get_input_embeddings())
         if not is_image.any():
+            if self.input_projection is not None and torch.is_grad_enabled():
+                embeds = embeds + zero_through(self.input_projection)
             return embeds
         if input_pixels is None or self.vision is None:
             raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
@@ -150,7 +178,8 @@ class MiniGPT5(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)."""
         embeds = self.embed_inputs(input_ids, input_pixels)  # (B, T, D)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        # No KV cache: nothing reuses it, and a checkpointed layer would write it twice.
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1]  # (B, T, D), after the final norm
         return self.vokens.extend_logits(hidden, out.logits), hidden
 
@@ -213,9 +242,7 @@ class MiniGPT5(nn.Module):
             raise ValueError(f"batch has {features.shape[0]} voken blocks but {pixels.shape[0]} target images")
         if features.shape[0] == 0:
             # No target image (e.g. text-only dialogue responses): no diffusion or CAP loss.
-            # A zero that still touches the trainable mapper keeps DDP's every-parameter contract.
-            zero = sum(p.sum() for p in self.mapper.parameters() if p.requires_grad) * 0.0
-            return MiniGPT5Output(text=loss_text, ldm=zero, cap=None)
+            return MiniGPT5Output(text=loss_text, ldm=zero_through(self.mapper), cap=None)
         features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
         cond = self.condition(features)  # (N, Q, C)
         latents = self.encode_images(pixels, generator)

@@ -15,6 +15,7 @@ from transformers import (
     PretrainedConfig,
 )
 
+from minigpt5.architectures import architecture_source
 from minigpt5.config import VisionConfig
 from minigpt5.loading import load_pretrained
 
@@ -58,13 +59,17 @@ def tower_config(cfg: VisionConfig) -> PretrainedConfig:
 class VisionTower(nn.Module):
     """Images (N, 3, S, S) normalised for the tower -> tokens (N, num_tokens, width)."""
 
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: VisionConfig, empty: bool = False) -> None:
+        """``empty``: a loaded tower is built from its architecture config, no weights read."""
         super().__init__()
         self.kind = cfg.kind
         dtype = getattr(torch, cfg.torch_dtype)
         model_class = CLIPVisionModel if cfg.kind == "clip" else Blip2ForImageTextRetrieval
         if cfg.path is None:
             model = model_class(tiny_tower_config(cfg))
+        elif empty:
+            source = architecture_source(cfg.path)
+            model = model_class(load_pretrained("vision tower config", source, AutoConfig.from_pretrained)).to(dtype)
         else:
             model = load_pretrained(f"{cfg.kind} vision tower", cfg.path, model_class.from_pretrained, dtype=dtype)
         self.image_size, self.num_tokens, self.width = geometry(cfg.kind, model.config)

@@ -1,0 +1,27 @@
+"""Architecture configs of the paper's models, shipped so their sizes are known offline.
+
+Each folder under ``architectures/`` holds the published ``config.json`` values (no
+weights) of one hub model, laid out as on the hub. They are only read when a model is
+built *empty* (every tensor on the meta device, e.g. for ``minigpt5 plan`` and the
+parameter-count tests); loading weights always goes to the configured path itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHIPPED_DIR = Path(__file__).parent / "architectures"
+SHIPPED = {
+    "lmsys/vicuna-7b-v1.5": "vicuna-7b-v1.5",  # Llama-2-7B architecture
+    "stabilityai/stable-diffusion-2-1-base": "stable-diffusion-2-1-base",
+    "Salesforce/blip2-itm-vit-g": "blip2-itm-vit-g",  # EVA ViT-g + Q-Former
+}
+
+
+def architecture_source(path: str) -> str:
+    """Where to read the config of ``path`` from: the folder itself when it exists locally,
+    else the shipped copy for a known hub id, else the hub id (needs the hub)."""
+    if os.path.isdir(path) or path not in SHIPPED:
+        return path
+    return str(SHIPPED_DIR / SHIPPED[path])
