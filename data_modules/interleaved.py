@@ -10,16 +10,16 @@ example per sample (the last turn); ``"all"`` one per turn after the first.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from PIL import Image
 
 from data_modules.base import ShardDataModule
-from data_modules.shards import BadSample, SampleCounter
+from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
+from data_modules.shards import BadSample, SampleCounter, decode_image
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -32,8 +32,8 @@ Targets = Literal["last", "all"]
 Context = Literal["both", "text", "images"]
 
 
-def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
-    """A story or dialogue sample -> [(text, images)] in order; BadSample if unusable."""
+def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
     if "json" not in sample:
         raise BadSample(sample, "no .json sequence")
     try:
@@ -41,31 +41,27 @@ def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
     except ValueError as err:
         raise BadSample(sample, f"unreadable .json: {err}") from err
     if "steps" in record:  # VIST: one image per step
-        raw = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
+        turns = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
     elif "turns" in record:  # MMDialog: zero or more images per turn
-        raw = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
+        turns = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
     else:
         raise BadSample(sample, "json has neither 'steps' (VIST) nor 'turns' (MMDialog)")
-    turns = []
-    for text, names in raw:
-        images = []
+    for _, names in turns:
         for name in names:
             if name not in sample:
                 raise BadSample(sample, f"image member '{name}' is missing")
-            try:
-                with Image.open(io.BytesIO(sample[name])) as im:
-                    images.append(im.convert("RGB"))
-            except Exception as err:  # PIL signals corrupt data with many exception types
-                raise BadSample(sample, f"unreadable image '{name}': {err}") from err
-        turns.append((text, images))
     return turns
 
 
 class InterleavedEncoder:
     """Raw story/dialogue samples -> interleaved examples (``__call__``) -> batches (``collate``)."""
 
-    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context) -> None:
+    def __init__(
+        self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
+        latents: LatentMode = "auto",
+    ) -> None:
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
+        self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.with_images = cfg.vision.kind != "none" and context != "text"
@@ -85,17 +81,23 @@ class InterleavedEncoder:
         if len(turns) < 2:
             raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
         indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
-        resolution = self.cfg.diffusion.resolution
+        decoded: dict[str, Image.Image] = {}
+
+        def image(name: str) -> Image.Image:
+            if name not in decoded:
+                decoded[name] = decode_image(sample, name)
+            return decoded[name]
+
         examples = []
         for t in indices:
             context = [
-                Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
-                for text, images in turns[:t]
+                Turn(text if self.context != "images" else "", len(names) if self.with_images else 0)
+                for text, names in turns[:t]
             ]
-            target_text, target_images = turns[t]
+            target_text, target_names = turns[t]
             try:
                 example = encode_interleaved(
-                    self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
+                    self.tokenizer, context, Turn(target_text, len(target_names)), self.voken_ids,
                     image_token_id=self.image_token_id, image_tokens=self.image_tokens,
                     max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
                 )
@@ -104,19 +106,29 @@ class InterleavedEncoder:
                 continue
             if example.truncated:
                 self.counter.note_truncated(sample)
-            kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
-            examples.append({
-                "example": example,
-                "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
-                "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
-                if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
-            })
+            kept = [name for _, names in turns[example.first_context_turn:t] for name in names] if self.with_images else []
+            item = {"example": example, "input_pixels": self._input_pixels([image(n) for n in kept])}  # (m, 3, S, S)
+            item.update(self._targets(sample, target_names, image))
+            examples.append(item)
         return examples
+
+    def _targets(
+        self, sample: dict[str, Any], names: list[str], image: Callable[[str], Image.Image]
+    ) -> dict[str, Any]:
+        """A target turn's images as cached moments (n, 2c, h, w) if the shard has them, else pixels (n, 3, H, W)."""
+        moments = cached_moments(sample, names, self.latent_record, self.latents) if names else None
+        if moments is not None:
+            return {"target_moments": moments, "target_cached": [True] * len(names)}
+        resolution = self.cfg.diffusion.resolution
+        pixels = torch.zeros(0, 3, resolution, resolution)
+        if names:
+            pixels = torch.stack([to_target_tensor(image(n), resolution) for n in names])
+        return {"target_pixels": pixels, "target_cached": [False] * len(names)}
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads: padded tokens, input and target images in order."""
         batch: dict[str, Any] = pad_examples([i["example"] for i in items], self.tokenizer.pad_token_id)
-        batch["target_pixels"] = torch.cat([i["target_pixels"] for i in items])  # (N, 3, H, W)
+        batch.update(collate_targets(items))  # (N, 3, H, W) pixels and/or (N, 2c, h, w) moments
         if self.with_images:
             batch["input_pixels"] = torch.cat([i["input_pixels"] for i in items])  # (M, 3, S, S)
         return batch
@@ -144,12 +156,17 @@ class InterleavedDataModule(ShardDataModule):
         val_samples: Optional[int] = None,
         seed: int = 0,
         model_config: Optional[MiniGPT5Config] = None,
+        latents: LatentMode = "auto",
+        prefetch_factor: int = 2,
+        pin_memory: Optional[bool] = None,
+        persistent_val_workers: bool = False,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch,
-                         val_samples, seed, model_config)
+                         val_samples, seed, model_config, latents, prefetch_factor, pin_memory,
+                         persistent_val_workers)
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context = targets, context
 
     def make_encoder(self) -> InterleavedEncoder:
-        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context)
+        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents)
