@@ -62,7 +62,7 @@ def model_config(files: list[str], overrides: Optional[list[str]] = None) -> Min
         namespace = parser.parse_object({"config": section or {}})
     except Exception as err:  # jsonargparse reports unknown keys and bad values this way
         raise ValueError(f"model config from {files} with {overrides}: {err}") from err
-    return parser.instantiate_classes(namespace).config
+    return parser.instantiate(namespace).config
 
 
 def image_fields(sample: dict[str, Any]) -> list[str]:
