@@ -54,6 +54,7 @@ train-mls: install
 bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
 	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/data_path.py
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache
