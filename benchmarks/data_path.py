@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
     add_size_args(parser)
     parser.set_defaults(resolution=128, latent_space="vae")
     # the read
-    add("--images", type=int, default=2000, help="images read per pass")
+    add("--images", type=int, default=1000, help="images read per pass")
     add("--image-size", type=int, nargs=2, default=[400, 300], metavar=("W", "H"),
         help="stored JPEG size (CC3M images are a few hundred pixels a side)")
     add("--target-resolution", type=int, default=256, help="the transform's output side")

@@ -9,6 +9,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+import yaml
+from lightning.pytorch import Callback
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
@@ -265,3 +267,40 @@ def test_loader_options_are_checked(pairs):
     assert dm.loader_options(0) == {"pin_memory": False}  # torch refuses prefetching without workers
     got = [dm.on_before_batch_transfer(b, 0) for b in dm.train_dataloader()]
     assert len(got) == 4 and dm.position.batches == 4 and all(POSITION_KEY not in b for b in got)
+
+
+class RecordLosses(Callback):
+    """Keeps every training step's total loss (class-level, read back by the test)."""
+
+    losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        RecordLosses.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.slow
+def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, capsys):
+    """Through the CLIs: encode-latents from the training YAML, then 4 steps of `minigpt5 fit` each way."""
+    from lit_models.cli import run_lightning
+    from lit_models.module import MiniGPT5Module
+    from test_train import ROOT, fit_args
+
+    shards = write_synthetic(tmp_path / "raw", num=32, val_num=0, size=24, seed=0, shard_size=16)
+    status = data_main(["encode-latents", "--shards", shards.train, "--out", str(tmp_path / "cached"),
+                        "-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml"),
+                        "--set", "diffusion.latent_space=vae"])
+    assert status == 0, capsys.readouterr().err
+    overlay = tmp_path / "record.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": False, "enable_checkpointing": False,
+                                                   "callbacks": [{"class_path": "test_latent_cache.RecordLosses"}]}}))
+    losses = {}
+    for name, spec, mode in (("on_the_fly", shards.train, "off"), ("cached", str(tmp_path / "cached"), "require")):
+        RecordLosses.losses = []
+        args = fit_args(type(shards)(train=spec, val=None), tmp_path / name, str(overlay), 4)
+        run_lightning(MiniGPT5Module, ["fit"] + args + [
+            "--model.config.diffusion.latent_space=vae", "--data.num_workers=0", f"--data.latents={mode}"])
+        losses[name] = RecordLosses.losses
+    assert len(losses["cached"]) == len(losses["on_the_fly"]) == 4
+    # Equal up to float rounding: the cache was encoded in batches of 32, training batches hold 4.
+    torch.testing.assert_close(losses["cached"], losses["on_the_fly"], rtol=1e-5, atol=0)
+    assert len(set(losses["cached"])) == 4  # each step drew other samples and noise
