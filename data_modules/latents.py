@@ -6,7 +6,7 @@
   story): the VAE encoder's Gaussian for that image, mean and log-variance stacked,
   ``(2c, h, w)`` float32;
 - ``key.latent.json``: what made them (:func:`cache_record`): the latent space's
-  identity, the target resolution and the image transform.
+  identity, the dtype it ran in, the target resolution and the image transform.
 
 Moments are stored rather than one sampled latent, so training still draws the latent
 with its own generator: the same draw, and so the same loss, as encoding on the fly.
@@ -48,8 +48,16 @@ def latent_field(image_field: str) -> str:
 
 
 def cache_record(cfg: DiffusionConfig) -> dict[str, Any]:
-    """What a cache must have been made with to stand in for encoding under ``cfg``."""
-    return {"latent_space": latent_space_name(cfg), "resolution": cfg.resolution, "transform": TARGET_TRANSFORM}
+    """What a cache must have been made with to stand in for encoding under ``cfg``.
+
+    The dtype is part of it: a VAE run in bfloat16 gives other moments than in float32.
+    """
+    return {
+        "latent_space": latent_space_name(cfg),
+        "dtype": cfg.torch_dtype,
+        "resolution": cfg.resolution,
+        "transform": TARGET_TRANSFORM,
+    }
 
 
 def moments_to_bytes(moments: np.ndarray) -> bytes:

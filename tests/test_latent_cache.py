@@ -155,6 +155,7 @@ def test_require_refuses_uncached_shards_and_auto_falls_back(pairs):
     [
         (DiffusionConfig(latent_space="vae", resolution=32), "resolution: cache 16, this run 32"),
         (DiffusionConfig(latent_space="vae", resolution=16, vae_channels=(16, 16)), "latent_space: cache 'tiny-vae"),
+        (DiffusionConfig(latent_space="vae", resolution=16, torch_dtype="bfloat16"), "dtype: cache 'float32'"),
     ],
 )
 def test_cache_made_for_another_vae_or_resolution_is_refused(pairs, other, named):
@@ -167,7 +168,7 @@ def test_cache_made_for_another_vae_or_resolution_is_refused(pairs, other, named
 
 def test_cache_record_names_the_weights_resolution_and_transform():
     record = cache_record(DiffusionConfig(latent_space="vae", resolution=512, path="/models/sd21"))
-    assert record == {"latent_space": "vae:/models/sd21", "resolution": 512,
+    assert record == {"latent_space": "vae:/models/sd21", "dtype": "float32", "resolution": 512,
                       "transform": "white-pad-square, bicubic resize, [-1, 1]"}
     assert cache_record(VAE_CFG.diffusion)["latent_space"] == "tiny-vae:channels=[16, 32],layers=1,seed=0"
 
