@@ -270,6 +270,17 @@ def test_loader_options_are_checked(pairs):
     assert len(got) == 4 and dm.position.batches == 4 and all(POSITION_KEY not in b for b in got)
 
 
+def test_persistent_val_workers_read_every_sample_on_each_pass(tmp_path):
+    shards = write_synthetic(tmp_path, num=4, val_num=12, size=16, seed=0, shard_size=4)  # 3 val shards
+    dm = CC3MDataModule(shards.train, shards.val, batch_size=4, num_workers=2, persistent_val_workers=True)
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    torch_loader = loader.pipeline[0]  # wds.WebLoader wraps one DataLoader
+    assert torch_loader.persistent_workers and torch_loader.prefetch_factor == 2 and torch_loader.num_workers == 2
+    passes = [sorted(c for b in loader for c in b["captions"]) for _ in range(2)]
+    assert len(passes[0]) == 12 and passes[1] == passes[0]
+
+
 class RecordLosses(Callback):
     """Keeps every training step's total loss (class-level, read back by the test)."""
 

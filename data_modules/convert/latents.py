@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -125,7 +126,7 @@ def encode_latents(
     out.mkdir(parents=True, exist_ok=True)
     summary = LatentSummary()
     for url, target in zip(urls, targets):
-        with TarWriter(str(target)) as sink:
+        with TarWriter(str(target), mtime=int(time.time())) as sink:  # whole seconds: no PAX header per member
             pending: list[tuple[dict[str, Any], list[str], torch.Tensor]] = []
             for item in _pending_images(tarfile_samples([{"url": url}]), cfg.diffusion.resolution, summary):
                 pending.append(item)
