@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from PIL import Image
@@ -32,7 +32,7 @@ Targets = Literal["last", "all"]
 Context = Literal["both", "text", "images"]
 
 
-def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
+def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
     if "json" not in sample:
         raise BadSample(sample, "no .json sequence")
@@ -53,6 +53,16 @@ def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return turns
 
 
+def decode_turns(sample: dict[str, Any], members: list[tuple[str, list[str]]]) -> list[tuple[str, list[Image.Image]]]:
+    """The turns of :func:`turn_members` with their images decoded; BadSample if one is unreadable."""
+    return [(text, [decode_image(sample, name) for name in names]) for text, names in members]
+
+
+def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
+    """A story or dialogue sample -> [(text, images)] in order; BadSample if unusable."""
+    return decode_turns(sample, turn_members(sample))
+
+
 class InterleavedEncoder:
     """Raw story/dialogue samples -> interleaved examples (``__call__``) -> batches (``collate``)."""
 
@@ -60,6 +70,7 @@ class InterleavedEncoder:
         self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
         latents: LatentMode = "auto",
     ) -> None:
+        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off")."""
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
         self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
@@ -77,53 +88,59 @@ class InterleavedEncoder:
         return normalise_for_tower(pixels, self.tower_size)
 
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        turns = read_turns(sample)
+        members = turn_members(sample)
+        turns = decode_turns(sample, members)
         if len(turns) < 2:
             raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
         indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
-        decoded: dict[str, Image.Image] = {}
-
-        def image(name: str) -> Image.Image:
-            if name not in decoded:
-                decoded[name] = decode_image(sample, name)
-            return decoded[name]
-
         examples = []
         for t in indices:
-            context = [
-                Turn(text if self.context != "images" else "", len(names) if self.with_images else 0)
-                for text, names in turns[:t]
-            ]
-            target_text, target_names = turns[t]
             try:
-                example = encode_interleaved(
-                    self.tokenizer, context, Turn(target_text, len(target_names)), self.voken_ids,
-                    image_token_id=self.image_token_id, image_tokens=self.image_tokens,
-                    max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
-                )
+                item = self.encode_turn(turns, t)
             except SequenceTooLong as err:
                 self.counter.note_skipped(sample, f"target turn {t}: {err}")
                 continue
-            if example.truncated:
+            if item["example"].truncated:
                 self.counter.note_truncated(sample)
-            kept = [name for _, names in turns[example.first_context_turn:t] for name in names] if self.with_images else []
-            item = {"example": example, "input_pixels": self._input_pixels([image(n) for n in kept])}  # (m, 3, S, S)
-            item.update(self._targets(sample, target_names, image))
-            examples.append(item)
+            examples.append(self._with_cached_targets(sample, members[t][1], item))
         return examples
 
-    def _targets(
-        self, sample: dict[str, Any], names: list[str], image: Callable[[str], Image.Image]
-    ) -> dict[str, Any]:
-        """A target turn's images as cached moments (n, 2c, h, w) if the shard has them, else pixels (n, 3, H, W)."""
+    def _with_cached_targets(self, sample: dict[str, Any], names: list[str], item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` with its target pixels replaced by the cached moments (n, 2c, h, w) when the shard has them.
+
+        (The target images were decoded all the same: context images need decoding, and
+        the saving that matters, the VAE encoder, is made.)
+        """
         moments = cached_moments(sample, names, self.latent_record, self.latents) if names else None
-        if moments is not None:
-            return {"target_moments": moments, "target_cached": [True] * len(names)}
+        if moments is None:
+            return item
+        item = {k: v for k, v in item.items() if k != "target_pixels"}
+        return item | {"target_moments": moments, "target_cached": [True] * len(names)}
+
+    def encode_turn(self, turns: list[tuple[str, list[Image.Image]]], t: int) -> dict[str, Any]:
+        """The example whose target is ``turns[t]`` and whose context is the turns before it.
+
+        Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
+        """
+        context = [
+            Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
+            for text, images in turns[:t]
+        ]
+        target_text, target_images = turns[t]
+        example = encode_interleaved(
+            self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
+            image_token_id=self.image_token_id, image_tokens=self.image_tokens,
+            max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
+        )
         resolution = self.cfg.diffusion.resolution
-        pixels = torch.zeros(0, 3, resolution, resolution)
-        if names:
-            pixels = torch.stack([to_target_tensor(image(n), resolution) for n in names])
-        return {"target_pixels": pixels, "target_cached": [False] * len(names)}
+        kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
+        return {
+            "example": example,
+            "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
+            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
+            if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
+            "target_cached": [False] * len(target_images),
+        }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads: padded tokens, input and target images in order."""

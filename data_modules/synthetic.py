@@ -104,6 +104,28 @@ def synthetic_stories(num: int, size: int, seed: int, steps: int = 3) -> Iterato
         yield sample
 
 
+def synthetic_dialogues(num: int, size: int, seed: int, turns: int = 4) -> Iterator[dict[str, Any]]:
+    """``num`` dialogues in the MMDialog shard layout: a request ("show me a red circle"),
+    then a reply with its picture ("here is a red circle" + image), alternating."""
+    if turns < 2:
+        raise ValueError(f"turns must be >= 2, got {turns}")
+    rng = np.random.default_rng(seed)
+    for index in range(num):
+        sample: dict[str, Any] = {"__key__": f"dialogue{index:07d}"}
+        record = []
+        for turn in range(0, turns, 2):
+            colour, shape, jpeg = random_shape(size, rng)
+            record.append({"text": f"show me {caption_for(colour, shape)}", "images": []})
+            if turn + 1 < turns:
+                sample[f"{turn + 1}.0.jpg"] = jpeg
+                record.append({"text": f"here is {caption_for(colour, shape)}", "images": [f"{turn + 1}.0.jpg"]})
+        sample["json"] = {"conversation_id": f"synthetic-{index}", "turns": record}
+        yield sample
+
+
+LAYOUTS = {"pairs": synthetic_samples, "stories": synthetic_stories, "dialogues": synthetic_dialogues}
+
+
 @dataclass
 class SyntheticShards:
     """Brace specs of the written shards (``val`` is None when no val samples were asked for)."""
@@ -114,12 +136,15 @@ class SyntheticShards:
 
 def write_synthetic(
     out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500,
-    stories: bool = False,
+    layout: str = "pairs",
 ) -> SyntheticShards:
     """Write ``train-%06d.tar`` and ``val-%06d.tar`` shards into ``out``; deterministic given ``seed``.
 
-    ``stories``: 3-step shape stories in the VIST layout instead of caption/image pairs.
+    ``layout``: "pairs" (CC3M layout), "stories" (3-step shape stories, VIST layout) or
+    "dialogues" (MMDialog layout).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     if num < 1 or val_num < 0 or size < 8 or shard_size < 1:
         raise ValueError(
             f"need num >= 1, val_num >= 0, size >= 8, shard_size >= 1; got {num}, {val_num}, {size}, {shard_size}"
@@ -129,7 +154,7 @@ def write_synthetic(
     specs = []
     for split, count, split_seed in (("train", num, seed), ("val", val_num, seed + 1)):
         pattern = str(out / f"{split}-{SHARD_NUMBER}.tar")
-        samples = synthetic_stories(count, size, split_seed) if stories else synthetic_samples(count, size, split_seed)
+        samples = LAYOUTS[layout](count, size, split_seed)
         paths = write_shards(pattern, samples, shard_size)
         specs.append(brace_spec(pattern, len(paths)) if paths else None)
     return SyntheticShards(train=specs[0], val=specs[1])

@@ -75,6 +75,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from data_modules.convert.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from lit_models.eval_cli import main as eval_main
+
+        return eval_main(argv[1:])
     if argv[:1] == ["generate"]:
         from lit_models.generate_cli import main as generate_main
 

@@ -305,10 +305,27 @@ def generate(
     cfg: Optional[GenerationConfig] = None,
 ) -> GenerationResult:
     """Write a story of text and images after ``prompt``; ``<image>`` markers take ``images``."""
+    images = list(images or [])
+    prompt_ids, prompt_pixels = encode_prompt(model, prompt, images)
+    return generate_from_ids(model, prompt_ids, prompt_pixels, cfg, prompt=prompt, images=images)
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model: "MiniGPT5",
+    prompt_ids: list[int],
+    prompt_pixels: Optional[torch.Tensor] = None,
+    cfg: Optional[GenerationConfig] = None,
+    *,
+    prompt: str = "",
+    images: Optional[list[Image.Image]] = None,
+) -> GenerationResult:
+    """:func:`generate` from an encoded prompt: ids (``<s>`` first, ``<ImageHere>`` runs for
+    images) and the tower-normalised pixels (M, 3, S, S) of those runs, e.g. a stage-2
+    training context. ``prompt`` and ``images`` are only recorded in the result."""
     cfg = cfg or GenerationConfig()
     settings = _settings(model, cfg)
     images = list(images or [])
-    prompt_ids, prompt_pixels = encode_prompt(model, prompt, images)
     tok = model.tokenizer
     vokens = list(model.voken_ids)
     n = len(vokens)

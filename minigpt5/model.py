@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from diffusers import DDIMScheduler
@@ -297,14 +297,32 @@ class MiniGPT5(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Guided sampling from voken features (N, n, D) -> images (N, 3, H, W) in [-1, 1]."""
-        g = self.cfg.guidance
         cond = self.condition(features)
-        uncond = self.null_condition(cond.shape[0])
+        return self.images_from_condition(
+            cond, self.null_condition(cond.shape[0]), scale=scale, num_inference_steps=num_inference_steps,
+            generator=generator,
+        )
+
+    @torch.no_grad()
+    def images_from_condition(
+        self,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        *,
+        scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Guided DDIM sampling of the frozen UNet from conditioning (N, Q, C) -> images (N, 3, H, W) in [-1, 1].
+
+        ``uncond`` (N or 1, Q, C) is the unconditional embedding; ``scale`` 1 means no guidance.
+        """
+        g = self.cfg.guidance
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
         sampler = DDIMScheduler.from_config(self.scheduler.config)
         latents = sample_latents(
-            self.denoise, sampler, shape, cond.to(self.unet_dtype), uncond.to(self.unet_dtype),
+            self.denoise, sampler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),
             scale=g.scale if scale is None else scale,
             num_inference_steps=num_inference_steps or g.num_inference_steps,
             generator=generator,
@@ -321,10 +339,30 @@ class MiniGPT5(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Caption -> vokens -> mapper -> guided diffusion: images (N, 3, H, W) in [-1, 1]."""
+        return self.images_for_batch(
+            self.caption_batch(captions), scale=scale, num_inference_steps=num_inference_steps, generator=generator
+        )
+
+    @torch.no_grad()
+    def images_for_batch(
+        self,
+        batch: dict[str, Any],
+        *,
+        scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Teacher-forced: the images a training batch's voken blocks draw -> (N, 3, H, W) in [-1, 1].
+
+        Reads ``input_ids``, ``attention_mask`` and optional ``input_pixels`` as :meth:`forward` does.
+        """
         device = self.mapper.queries.device
-        batch = {k: v.to(device) for k, v in self.caption_batch(captions).items()}
-        _, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"])
-        features = self.voken_features(batch["input_ids"], hidden)
+        pixels = batch.get("input_pixels")
+        input_ids = batch["input_ids"].to(device)
+        _, hidden = self.llm_forward(
+            input_ids, batch["attention_mask"].to(device), None if pixels is None else pixels.to(device)
+        )
+        features = self.voken_features(input_ids, hidden)
         return self.images_from_features(
             features, scale=scale, num_inference_steps=num_inference_steps, generator=generator
         )

@@ -93,7 +93,7 @@ def test_batch_trains_the_model(vist_shards):
 
 
 def test_synthetic_stories_read_as_vist_and_name_their_shapes(tmp_path):
-    shards = write_synthetic(tmp_path, num=6, val_num=0, size=32, seed=1, shard_size=3, stories=True)
+    shards = write_synthetic(tmp_path, num=6, val_num=0, size=32, seed=1, shard_size=3, layout="stories")
     dm, batches_ = batches(shards.train, targets="all")
     assert sum(b["input_ids"].shape[0] for b in batches_) == 6 * 2  # steps 2 and 3 of each story
     for sample in wds.WebDataset(shards.train, shardshuffle=False, empty_check=False):

@@ -238,7 +238,7 @@ def test_model_names_moments_that_do_not_fit(vae_model, caption_batch):
 def test_stage2_story_targets_use_cached_latents(tmp_path):
     cfg = MiniGPT5Config(llm=LLMConfig(max_length=128), vision=VisionConfig(kind="clip"),
                          diffusion=DiffusionConfig(latent_space="vae", resolution=16))
-    stories = write_synthetic(tmp_path / "raw", num=4, val_num=0, size=24, seed=0, shard_size=4, stories=True)
+    stories = write_synthetic(tmp_path / "raw", num=4, val_num=0, size=24, seed=0, shard_size=4, layout="stories")
     summary = encode_latents(stories.train, tmp_path / "cached", cfg, device="cpu")
     assert summary.images == 12  # 3 steps per story, each image cached
     assert {"0.latent.npy", "1.latent.npy", "2.latent.npy", "latent.json"} <= set(read(summary.spec)[0])

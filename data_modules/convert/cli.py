@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--size", type=int, default=64, help="image side in pixels")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--shard-size", type=int, default=500, help="samples per shard")
-    synthetic.add_argument("--stories", action="store_true", help="3-step shape stories (VIST layout) instead of pairs")
+    layout = synthetic.add_mutually_exclusive_group()
+    layout.add_argument("--stories", action="store_true", help="3-step shape stories (VIST layout) instead of pairs")
+    layout.add_argument("--dialogues", action="store_true", help="4-turn shape dialogues (MMDialog layout)")
 
     latents = commands.add_parser("encode-latents", help="copy shards adding each image's VAE latent (moments)")
     latents.add_argument("--shards", required=True, help="input shards: brace pattern, folder or comma list")
@@ -79,7 +81,8 @@ def main(argv: list[str]) -> int:
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,
-                shard_size=args.shard_size, stories=args.stories,
+                shard_size=args.shard_size,
+                layout="stories" if args.stories else "dialogues" if args.dialogues else "pairs",
             )
             print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}")
     except (FileNotFoundError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""Image metrics for evaluation: FID, IS, CLIP-I and CLIP-T.
+"""Image metrics for evaluation: FID (torchmetrics and clean-fid), IS, CLIP-I and CLIP-T.
 
 Plain functions over tensors, so the evaluation callback and ``minigpt5 eval``
 share one implementation. FID and IS run through torchmetrics with a custom
@@ -17,9 +17,11 @@ Conventions:
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
@@ -36,6 +38,9 @@ INCEPTION_FEATURES = {"inception": "2048", "inception-logits": "logits_unbiased"
 # Inception weights torch-fidelity (and so torchmetrics) downloads into the torch hub cache.
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+# clean-fid's TorchScript Inception, which it downloads into /tmp by default.
+CLEANFID_WEIGHTS_FILE = "inception-2015-12-05.pt"
+CLEANFID_DEFAULT_DIR = "/tmp"
 
 
 class _Passthrough(nn.Module):
@@ -95,6 +100,35 @@ def fid(
     metric.update(real_f, real=True)
     metric.update(fake_f, real=False)
     return float(metric.compute())
+
+
+def cleanfid_features(images: Sequence[Image.Image], extractor: Callable[[Tensor], Tensor], batch_size: int) -> np.ndarray:
+    """clean-fid's preprocessing (PIL bicubic resize to 299, values in [0, 255]) then ``extractor``."""
+    from cleanfid.resize import build_resizer
+
+    resize = build_resizer("clean")
+    feats = []
+    for start in range(0, len(images), batch_size):
+        chunk = [resize(np.asarray(im.convert("RGB"))) for im in images[start:start + batch_size]]  # (299, 299, 3)
+        batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float()  # (B, 3, 299, 299)
+        with torch.no_grad():
+            feats.append(extractor(batch).double().cpu().numpy())
+    return np.concatenate(feats)
+
+
+def clean_fid(
+    real: Sequence[Image.Image], fake: Sequence[Image.Image], extractor: Callable[[Tensor], Tensor], batch_size: int = 32
+) -> float:
+    """FID as clean-fid computes it ("clean" mode): its resizing, its statistics and Fréchet distance.
+
+    ``extractor`` maps (N, 3, 299, 299) float images in [0, 255] to (N, d) features, e.g.
+    clean-fid's Inception from :func:`load_cleanfid_inception`.
+    """
+    from cleanfid.fid import fid_from_feats
+
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated")
+    return float(fid_from_feats(cleanfid_features(real, extractor, batch_size), cleanfid_features(fake, extractor, batch_size)))
 
 
 # ---- IS ----
@@ -224,6 +258,29 @@ def _load_inception(path: str | None, feature: str) -> nn.Module:
             f"{str(err).splitlines()[0] if str(err) else ''}\n"
             f"Download {INCEPTION_WEIGHTS_URL} on a machine with internet and either put it in {hub} "
             f"(the torch hub cache; TORCH_HOME moves it) or pass its path."
+        ) from err
+
+
+def load_cleanfid_inception(path: str | None = None) -> nn.Module:
+    """clean-fid's TorchScript Inception (2048-d features of [0, 255] images at 299 px).
+
+    ``path``: the weights file (named ``inception-2015-12-05.pt``, as clean-fid expects);
+    None uses clean-fid's default location and downloads into it when online.
+    """
+    from cleanfid.downloads_helper import inception_url
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    folder = CLEANFID_DEFAULT_DIR if path is None else os.path.dirname(os.path.abspath(path))
+    how = (f"Download {inception_url} on a machine with internet and either put it in {CLEANFID_DEFAULT_DIR}/ "
+           f"or pass its path (the file must be named {CLEANFID_WEIGHTS_FILE}).")
+    if path is not None and (os.path.basename(path) != CLEANFID_WEIGHTS_FILE or not os.path.isfile(path)):
+        raise WeightsNotFoundError(f"clean-fid Inception weights '{path}' not found. {how}")
+    try:
+        return InceptionV3W(folder, download=path is None).eval()
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a truncated file a RuntimeError
+        raise WeightsNotFoundError(
+            f"could not load clean-fid's Inception weights '{os.path.join(folder, CLEANFID_WEIGHTS_FILE)}': "
+            f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}\n{how}"
         ) from err
 
 

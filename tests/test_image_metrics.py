@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
-from callbacks.metrics import (
+from evaluation.image_metrics import (
     CLIP_MODELS,
     clip_image_similarity,
     clip_text_scores,

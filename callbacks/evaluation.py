@@ -1,0 +1,114 @@
+"""Evaluation during ``fit`` and ``validate``: the paper's metrics on validation items, to TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from typing import Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
+from evaluation.items import detect_protocol, read_items
+from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.systems import MiniGPT5System
+from minigpt5.generate import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationCallback(Callback):
+    """At the end of validation, every ``every_n_epochs`` epochs or ``every_n_steps`` optimizer
+    steps, generate with classifier-free guidance for up to ``max_items`` validation items and
+    log the protocol's metrics (``eval/<metric>``) and a grid (ground truth above generated).
+
+    ``shards`` defaults to the DataModule's ``val_shards`` and ``protocol`` is read from them
+    (pairs: cc3m, stories: vist, dialogues: mmdialog). Runs on global rank 0 only, so it
+    suits DDP; under FSDP or ZeRO-3, whose weights are sharded, evaluate checkpoints with
+    ``minigpt5 eval`` instead. ``extractors="tiny"`` uses random small networks (offline
+    runs, tests): their numbers only show the pipeline works.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: Optional[int] = 1,
+        every_n_steps: Optional[int] = None,
+        max_items: int = 64,
+        shards: Optional[str] = None,
+        protocol: Optional[str] = None,
+        targets: str = "all",
+        context: str = "both",
+        extractors: str = "real",
+        guidance_scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        max_new_tokens: int = 64,
+        seed: int = 42,
+        paths: ExtractorPaths = ExtractorPaths(),
+        grid_items: int = 8,
+    ) -> None:
+        if (every_n_epochs is None) == (every_n_steps is None):
+            raise ValueError("EvaluationCallback needs exactly one of every_n_epochs and every_n_steps")
+        if (every_n_epochs or every_n_steps) < 1 or max_items < 2:
+            raise ValueError("EvaluationCallback: the interval must be >= 1 and max_items >= 2")
+        if extractors not in ("real", "tiny"):
+            raise ValueError(f"EvaluationCallback.extractors must be real or tiny; got {extractors!r}")
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.max_items, self.shards, self.protocol = max_items, shards, protocol
+        self.targets, self.context, self.extractor_kind, self.paths = targets, context, extractors, paths
+        self.gen = GenerationConfig(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
+                                    num_inference_steps=num_inference_steps, seed=seed)
+        self.grid_items = grid_items
+        self._extractors: Optional[Extractors] = None
+        self._last_step = -1
+        self.last_run: Optional[Run] = None
+
+    def _due(self, trainer: Trainer) -> bool:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return False
+        step = trainer.global_step
+        if self.every_n_steps is not None:
+            return self._last_step < 0 or step - self._last_step >= self.every_n_steps
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.state.fn == "validate"
+
+    def _shards(self, trainer: Trainer) -> Optional[str]:
+        return self.shards or getattr(trainer.datamodule, "val_shards", None)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        shards = self._shards(trainer)
+        if shards is None:
+            log.warning("EvaluationCallback: no shards (set its `shards` or the DataModule's val_shards); skipped")
+            return
+        self._last_step = trainer.global_step
+        protocol = self.protocol or detect_protocol(shards)
+        if self._extractors is None:
+            self._extractors = (tiny_extractors() if self.extractor_kind == "tiny"
+                                else load_extractors(protocol, self.paths))
+        model = pl_module.model
+        for module in vars(self._extractors).values():
+            if isinstance(module, torch.nn.Module):
+                module.to(pl_module.device)
+        system = MiniGPT5System(model, self.gen, context="text" if model.vision is None else self.context)
+        was_training = model.training
+        model.eval()
+        try:
+            run = run_protocol(system, read_items(shards, protocol, self.targets, self.max_items), protocol,
+                               self._extractors, model.cfg.diffusion.resolution, keep_examples=self.grid_items,
+                               progress=False)
+        finally:
+            model.train(was_training)
+        self.last_run = run
+        self._log(trainer, run, model.cfg.diffusion.resolution)
+
+    def _log(self, trainer: Trainer, run: Run, resolution: int) -> None:
+        metrics = {f"eval/{k}": float(v) for k, v in run.metrics.items()
+                   if isinstance(v, numbers.Number) and not isinstance(v, bool)}
+        log.info("evaluation at step %d: %s", trainer.global_step, metrics)
+        if trainer.logger is None:
+            return
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        grid = comparison_grid(run, resolution)
+        if grid is not None and hasattr(trainer.logger.experiment, "add_image"):
+            trainer.logger.experiment.add_image("eval/samples", grid, trainer.global_step)

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's metrics and protocols, MiniGPT-5 and the SD2 baseline, results tables."""

@@ -1,0 +1,94 @@
+"""The results table: one row per system and setting, as markdown and JSON.
+
+Every row carries the settings it was produced with; the table carries the
+checkpoint's identity (path and SHA-256), the protocol and the extractors, so a
+number can always be traced back. Systems not rerun here (GILL, Divter) come from
+a config of published figures and are marked "quoted".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+# Column order of the markdown table; other keys follow alphabetically.
+METRIC_ORDER = (
+    "fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t",
+    "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1", "items",
+)
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file, or of a directory's files (names and bytes, sorted) e.g. a sharded checkpoint."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(path: Union[str, Path]) -> dict[str, str]:
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def quoted_rows(path: Union[str, Path], protocol: str) -> list[dict[str, Any]]:
+    """The published rows for ``protocol`` from a quoted-figures YAML (``{protocol: [{system, source, metrics}]}``)."""
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    rows = []
+    for entry in config.get(protocol) or []:
+        missing = {"system", "source", "metrics"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: a {protocol} entry lacks {sorted(missing)}: {entry}")
+        rows.append({"system": entry["system"], "kind": "quoted", "source": entry["source"],
+                     "metrics": dict(entry["metrics"] or {})})
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The results as markdown: what was run, then one table row per result row."""
+    keys = {k for row in rows for k in row["metrics"] if not k.endswith("_std")}
+    columns = [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
+    lines = [f"# {header['protocol']} evaluation", ""]
+    for name, value in header.items():
+        if name != "protocol":
+            lines.append(f"- {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    lines += ["", "| system | kind | guidance | " + " | ".join(columns) + " |",
+              "|" + "---|" * (3 + len(columns))]
+    for row in rows:
+        guidance = row.get("settings", {}).get("guidance_scale")
+        kind = row["kind"] if row["kind"] != "quoted" else f"quoted ({row['source']})"
+        cells = [row["system"], kind, _cell(guidance)] + [_cell(row["metrics"].get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    out_dir: Union[str, Path], header: dict[str, Any], rows: list[dict[str, Any]], name: Optional[str] = None
+) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` (or ``<name>.json/.md``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or "results"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
+    md_path.write_text(markdown_table(header, rows))
+    return json_path, md_path

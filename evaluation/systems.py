@@ -1,0 +1,135 @@
+"""The systems a protocol runs: MiniGPT-5 and the Stable Diffusion 2 baseline.
+
+Both draw with the same frozen UNet, DDIM sampler, guidance scale, step count and,
+for each item, the same seed (derived from the item's group and step), so the
+comparison isolates the conditioning: MiniGPT-5's voken features through the mapper
+vs SD's own text encoder reading the text.
+
+- :meth:`MiniGPT5System.draw` is teacher-forced, exactly as validation reads a
+  stage-2 example (or a stage-1 caption): the context turns, the target text, then
+  the voken block, whose features draw the image.
+- :meth:`MiniGPT5System.respond` writes a free response after the history
+  (MMDialog): text, and images whenever the model emits ``[IMG0]``.
+- :class:`StableDiffusionBaseline` gives the target step's text (``text="target"``)
+  or the whole story so far (``text="story"``) straight to SD's text encoder, which
+  keeps the first 77 tokens as the SD pipeline does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Literal, Optional
+
+import torch
+from PIL import Image
+
+from data_modules.interleaved import Context, InterleavedEncoder
+from data_modules.shards import SampleCounter
+from evaluation.items import EvalItem
+from minigpt5.config import ConfigError
+from minigpt5.generate import GenerationConfig, generate_from_ids
+from minigpt5.images import to_pil_images
+from minigpt5.model import MiniGPT5
+from minigpt5.sequences import tokenize_for_text_encoder
+
+
+def item_seed(seed: int, item: EvalItem) -> int:
+    """A seed fixed by the run seed and the item, the same for every system and subset."""
+    return (seed + zlib.crc32(f"{item.group}/{item.step}".encode())) % 2**63
+
+
+def _generator(model: MiniGPT5, seed: int) -> torch.Generator:
+    return torch.Generator(device=model.mapper.queries.device).manual_seed(seed)
+
+
+class MiniGPT5System:
+    """MiniGPT-5 under a generation config (guidance, steps, sampling, seed) and a context mode."""
+
+    name = "MiniGPT-5"
+
+    def __init__(self, model: MiniGPT5, gen: GenerationConfig, context: Context = "both") -> None:
+        if context != "text" and model.vision is None:
+            raise ConfigError(
+                f"context '{context}' feeds earlier images to the model, but it has no vision tower "
+                "(vision.kind is none, e.g. a stage-1 checkpoint); use context 'text'"
+            )
+        self.model, self.gen, self.context = model, gen, context
+        self.counter = SampleCounter()
+        self.encoder = InterleavedEncoder(model.cfg, self.counter, targets="all", context=context)
+        # A response needs room after the history: it keeps at most half of llm.max_length
+        # (or max_new_tokens, if fewer) free, dropping the oldest turns first as training does.
+        llm = model.cfg.llm
+        room = min(gen.max_new_tokens, llm.max_length // 2)
+        history_cfg = dataclasses.replace(model.cfg, llm=dataclasses.replace(llm, max_length=llm.max_length - room + 1))
+        self.history_encoder = InterleavedEncoder(history_cfg, self.counter, targets="all", context=context)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        g = self.model.cfg.guidance
+        out = dataclasses.asdict(self.gen)
+        out["guidance_scale"] = g.scale if self.gen.guidance_scale is None else self.gen.guidance_scale
+        out["num_inference_steps"] = self.gen.num_inference_steps or g.num_inference_steps
+        out["context"] = self.context
+        return out
+
+    @torch.no_grad()
+    def draw(self, item: EvalItem) -> Image.Image:
+        """The image for the item's target text after its context (teacher-forced vokens)."""
+        turns = item.context + [(item.text, [item.images[0]])]
+        encoded = self.encoder.encode_turn(turns, len(item.context))
+        batch = self.encoder.collate([encoded])
+        images = self.model.images_for_batch(
+            batch, scale=self.settings["guidance_scale"], num_inference_steps=self.settings["num_inference_steps"],
+            generator=_generator(self.model, item_seed(self.gen.seed, item)),
+        )
+        return to_pil_images(images)[0]
+
+    @torch.no_grad()
+    def respond(self, item: EvalItem) -> tuple[str, list[Image.Image]]:
+        """A free response (text and generated images) after the item's history."""
+        encoded = self.history_encoder.encode_turn(item.context + [("", [])], len(item.context))
+        ids = encoded["example"].input_ids[:-1]  # drop the end marker: the response is written, not given
+        pixels = encoded["input_pixels"] if self.history_encoder.with_images and len(encoded["input_pixels"]) else None
+        gen = dataclasses.replace(self.gen, seed=item_seed(self.gen.seed, item))
+        result = generate_from_ids(self.model, ids, pixels, gen)
+        return result.text.strip(), result.images
+
+
+class StableDiffusionBaseline:
+    """SD (the checkpoint's frozen text encoder and UNet) prompted with text alone."""
+
+    name = "Stable Diffusion 2"
+
+    def __init__(
+        self, model: MiniGPT5, *, text: Literal["target", "story"] = "target", guidance_scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None, seed: int = 42,
+    ) -> None:
+        if text not in ("target", "story"):
+            raise ConfigError(f"the SD baseline's text must be 'target' or 'story'; got {text!r}")
+        g = model.cfg.guidance
+        self.model, self.text, self.seed = model, text, seed
+        self.guidance_scale = g.scale if guidance_scale is None else guidance_scale
+        self.num_inference_steps = num_inference_steps or g.num_inference_steps
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {"guidance_scale": self.guidance_scale, "num_inference_steps": self.num_inference_steps,
+                "seed": self.seed, "sd_text": self.text}
+
+    def prompt(self, item: EvalItem) -> str:
+        if self.text == "target":
+            return item.text
+        return " ".join(t for t in [text for text, _ in item.context] + [item.text] if t)
+
+    @torch.no_grad()
+    def draw(self, item: EvalItem) -> Image.Image:
+        model = self.model
+        length = model.cfg.diffusion.text_max_length
+        device = model.mapper.queries.device
+        ids = tokenize_for_text_encoder(model.sd_tokenizer, [self.prompt(item)], length).to(device)
+        images = model.images_from_condition(
+            model.encode_captions(ids), model.null_caption(length, device), scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps, generator=_generator(model, item_seed(self.seed, item)),
+        )
+        return to_pil_images(images)[0]

@@ -1,0 +1,153 @@
+"""``minigpt5 eval``: a checkpoint (and the SD2 baseline) under one of the paper's protocols.
+
+  minigpt5 eval --ckpt outputs/uas/checkpoints/last.ckpt --protocol cc3m --shards 'data/cc3m/val/{000000..000003}.tar'
+  minigpt5 eval --ckpt outputs/mls/checkpoints/last.ckpt --protocol vist --targets last --context text \\
+      --shards 'data/vist/test/{000000..000005}.tar' --systems minigpt5 sd2 --guidance-scale 1 3 7.5
+
+Writes ``results.md`` and ``results.json`` (metrics, settings, checkpoint path and hash)
+and ``samples_*.png`` (ground truth above generated) to ``--out``. Defaults follow the
+paper's code: guidance 7.5, 50 diffusion steps, temperature 1.0, repetition penalty
+2.0, at most 256 new tokens, seed 42. ``--guidance-scale`` takes several values to
+sweep (1 means no guidance); each gives one row per system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from data_modules.shards import SampleCounter
+from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
+from evaluation.items import PROTOCOLS, read_items
+from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.report import checkpoint_identity, quoted_rows, write_results
+from evaluation.systems import MiniGPT5System, StableDiffusionBaseline
+from minigpt5.config import ConfigError
+from minigpt5.generate import GenerationConfig
+from minigpt5.images import to_pil_images
+from minigpt5.loading import WeightsNotFoundError
+
+SYSTEMS = ("minigpt5", "sd2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minigpt5 eval", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--ckpt", required=True, help="MiniGPT5Module checkpoint (its config gives the frozen SD too)")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument("--shards", required=True, help="test shards, brace pattern (as written by `minigpt5 data`)")
+    parser.add_argument("--targets", choices=("all", "last"), default="all",
+                        help="vist/mmdialog: every step/response, or only the last of each story/dialogue")
+    parser.add_argument("--context", choices=("both", "text", "images"), default="both",
+                        help="vist/mmdialog: what of the earlier turns the model sees")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["minigpt5"])
+    parser.add_argument("--sd2-text", choices=("target", "story"), default="target",
+                        help="SD2 baseline prompt: the target step's text, or the whole story so far")
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[7.5], help="one row per value")
+    parser.add_argument("--steps", type=int, default=50, help="diffusion (DDIM) steps")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=2.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-items", type=int, default=None, help="stop after this many test items")
+    parser.add_argument("--extractors", choices=("real", "tiny"), default="real",
+                        help="tiny: random small networks, offline; their numbers only check the pipeline")
+    parser.add_argument("--inception", help="torch-fidelity Inception weights file (FID, IS)")
+    parser.add_argument("--cleanfid-inception", help="clean-fid's inception-2015-12-05.pt")
+    parser.add_argument("--clip", choices=("clip-vit-l-14", "clip-vit-b-32"),
+                        help="default: ViT-L/14 for cc3m and vist, ViT-B/32 for mmdialog")
+    parser.add_argument("--clip-path", help="local CLIP folder (default: the OpenAI hub id)")
+    parser.add_argument("--sbert", help="Sentence-BERT folder or hub id (default all-MiniLM-L6-v2)")
+    parser.add_argument("--quoted", default="configs/eval/quoted.yaml", help="published figures of GILL, Divter")
+    parser.add_argument("--out", default="outputs/eval")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def make_system(name: str, model: Any, args: argparse.Namespace, scale: float) -> Any:
+    if name == "sd2":
+        return StableDiffusionBaseline(model, text=args.sd2_text, guidance_scale=scale,
+                                       num_inference_steps=args.steps, seed=args.seed)
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+        guidance_scale=scale, num_inference_steps=args.steps, seed=args.seed,
+    )
+    return MiniGPT5System(model, gen, context="text" if args.protocol == "cc3m" else args.context)
+
+
+def save_samples(run: Run, path: Path, resolution: int) -> Optional[Path]:
+    """Ground truth (top) over generated (bottom) for the kept examples that have both."""
+    grid = comparison_grid(run, resolution)
+    if grid is None:
+        return None
+    to_pil_images(grid[None] * 2 - 1)[0].save(path)
+    return path
+
+
+def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
+    from lit_models.module import MiniGPT5Module
+
+    if args.protocol == "mmdialog" and "sd2" in args.systems:
+        raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
+    paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
+    extractors = tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)
+    model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
+    for extractor in (extractors.fid_features, extractors.is_logits, extractors.cleanfid_features, extractors.clip,
+                      extractors.sentence):
+        if extractor is not None:
+            extractor.to(args.device)
+    resolution = model.cfg.diffusion.resolution
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for scale in args.guidance_scale:
+        for name in args.systems:
+            system = make_system(name, model, args, scale)
+            counter = SampleCounter()
+            items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
+            run = run_protocol(system, items, args.protocol, extractors, resolution,
+                               progress=not args.no_progress, total=args.max_items)
+            sample_path = save_samples(run, out / f"samples_{name}_g{scale:g}.png", resolution)
+            rows.append({"system": system.name, "kind": "run", "settings": system.settings, "metrics": run.metrics,
+                         "samples": str(sample_path) if sample_path else None,
+                         "skipped": {"bad_samples": counter.bad, "steps_without_image": counter.skipped},
+                         "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text}
+                                      for item, _, text in run.examples if args.protocol == "mmdialog"]})
+    if args.quoted and Path(args.quoted).is_file():
+        rows += quoted_rows(args.quoted, args.protocol)
+    header = {
+        "protocol": args.protocol,
+        "checkpoint": checkpoint_identity(args.ckpt),
+        "shards": args.shards,
+        "targets": args.targets if args.protocol != "cc3m" else "all",
+        "context": args.context if args.protocol != "cc3m" else "none",
+        "extractors": extractors.kind if extractors.kind == "real"
+        else "tiny (random networks: these numbers only check the pipeline)",
+        "clip": extractors.clip_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_results(out, header, rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        json_path, md_path = evaluate(args)
+    except (ConfigError, WeightsNotFoundError, ValueError) as err:
+        print(f"minigpt5 eval: error: {err}", file=sys.stderr)
+        return 2
+    print(md_path.read_text())
+    print(f"results: {md_path}\n         {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
