@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,20 @@ def test_encode_latents_adds_moments_and_keeps_every_member(pairs):
         np.testing.assert_allclose(moments, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_encode_latents_with_workers_writes_the_same_shards(pairs, tmp_path):
+    raw_spec, summary = pairs
+    parallel = encode_latents(raw_spec, tmp_path / "parallel", VAE_CFG, batch_size=3, num_workers=2, device="cpu")
+    assert (parallel.read, parallel.written, parallel.images) == (16, 16, 16)
+    assert [Path(p).name for p in parallel.shards] == [Path(p).name for p in summary.shards]
+    one, two = read(summary.spec), read(parallel.spec)
+    assert [s["__key__"] for s in two] == [s["__key__"] for s in one]  # each shard's order kept
+    for a, b in zip(one, two):
+        assert {k: v for k, v in a.items() if k != "latent.npy" and not k.startswith("__")} == \
+               {k: v for k, v in b.items() if k != "latent.npy" and not k.startswith("__")}
+        np.testing.assert_allclose(np.load(io.BytesIO(b["latent.npy"])), np.load(io.BytesIO(a["latent.npy"])),
+                                   rtol=1e-5, atol=1e-6)  # encoded in other batches
+
+
 def test_encode_latents_skips_and_counts_bad_samples(tmp_path, caplog):
     good = io.BytesIO()
     Image.new("RGB", (20, 10), "blue").save(good, format="JPEG")
@@ -123,7 +138,7 @@ def test_cli_reads_the_training_yaml_and_overrides(pairs, tmp_path, capsys):
     yaml_file.write_text("model:\n  config:\n    diffusion:\n      latent_space: vae\n      resolution: 32\n")
     assert model_config([str(yaml_file)], ["diffusion.resolution=16"]).diffusion == VAE_CFG.diffusion
     status = data_main(["encode-latents", "--shards", raw_spec, "--out", str(tmp_path / "out"), "-c", str(yaml_file),
-                        "--set", "diffusion.resolution=16", "--batch-size", "7", "--device", "cpu"])
+                        "--set", "diffusion.resolution=16", "--batch-size", "7", "--workers", "1", "--device", "cpu"])
     assert status == 0 and "samples 16: written 16" in capsys.readouterr().out
     assert data_main(["encode-latents", "--shards", raw_spec, "--out", str(tmp_path / "o2"), "-c", str(yaml_file),
                       "--set", "diffusion.latent_spac=vae"]) == 1

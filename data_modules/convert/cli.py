@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="model.config override, e.g. diffusion.resolution=256 (repeatable)")
     latents.add_argument("--batch-size", type=int, default=32, help="images per VAE forward")
+    latents.add_argument("--workers", type=int, default=4, help="processes decoding whole shards (0: none)")
     latents.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return parser
 
@@ -75,7 +76,8 @@ def main(argv: list[str]) -> int:
             )
         elif args.command == "encode-latents":
             cfg = model_config(args.model_config, args.overrides)
-            print(encode_latents(args.shards, args.out, cfg, batch_size=args.batch_size, device=args.device))
+            print(encode_latents(args.shards, args.out, cfg, batch_size=args.batch_size, num_workers=args.workers,
+                                 device=args.device))
         elif args.command == "mmdialog":
             print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
         else:

@@ -5,7 +5,9 @@ For every sample of every input shard, each image member (``key.jpg``, or
 transform (:func:`~minigpt5.images.to_target_tensor` at ``diffusion.resolution``) and the
 configured VAE's encoder; its moments are written as ``key[.i].latent.npy`` with a
 ``key.latent.json`` record of what made them (:mod:`data_modules.latents`). Every other
-member is copied byte for byte. Output shards keep their input names, one per input.
+member is copied byte for byte. Output shards keep their input names, one per input, so
+disjoint ``--shards`` lists can also run as separate processes (one per GPU) into one folder.
+DataLoader workers read and decode whole shards while the main process runs the VAE.
 Samples with no image or an unreadable one are logged, counted and left out.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 from jsonargparse import ArgumentParser
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import TarWriter
 from webdataset.tariterators import tarfile_samples
 
@@ -79,23 +82,36 @@ def copied_members(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pending_images(
-    samples: Iterator[dict[str, Any]], resolution: int, summary: LatentSummary
-) -> Iterator[tuple[dict[str, Any], list[str], torch.Tensor]]:
-    """(sample, image fields, target pixels (n, 3, H, W)) of the usable samples; counts and logs the others."""
-    for sample in samples:
-        summary.read += 1
+class ShardImages(IterableDataset):
+    """Decodes the images of whole shards, each shard in one DataLoader worker, in sample order.
+
+    Yields, per shard ``i``: ``("sample", i, sample, fields, pixels (n, 3, H, W))`` for usable
+    samples, ``("skip", i, reason, where, message)`` for the others (counted by the caller,
+    whose summary the workers do not share), then ``("end", i)``.
+    """
+
+    def __init__(self, urls: list[str], resolution: int) -> None:
+        super().__init__()
+        self.urls, self.resolution = urls, resolution
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(worker, len(self.urls), workers):
+            for sample in tarfile_samples([{"url": self.urls[i]}]):
+                yield self._prepare(i, sample)
+            yield ("end", i)
+
+    def _prepare(self, i: int, sample: dict[str, Any]) -> tuple[Any, ...]:
         where = f"{sample.get('__url__')} sample '{sample.get('__key__')}'"
         fields = image_fields(sample)
         if not fields:
-            summary.skip(log, "no_image", where, f"no image member (.{', .'.join(IMAGE_EXTENSIONS)})")
-            continue
+            return ("skip", i, "no_image", where, f"no image member (.{', .'.join(IMAGE_EXTENSIONS)})")
         try:
-            pixels = torch.stack([to_target_tensor(decode_image(sample, f), resolution) for f in fields])
+            pixels = torch.stack([to_target_tensor(decode_image(sample, f), self.resolution) for f in fields])
         except BadSample as err:
-            summary.skip(log, "corrupt_image", where, str(err))
-            continue
-        yield sample, fields, pixels
+            return ("skip", i, "corrupt_image", where, str(err))
+        return ("sample", i, sample, fields, pixels)
 
 
 def encode_latents(
@@ -104,11 +120,16 @@ def encode_latents(
     cfg: MiniGPT5Config,
     *,
     batch_size: int = 32,
+    num_workers: int = 0,
     device: Optional[str] = None,
 ) -> LatentSummary:
-    """Write ``out/<input shard name>`` for every shard of ``shards`` with latents added (module docstring)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    """Write ``out/<input shard name>`` for every shard of ``shards`` with latents added (module docstring).
+
+    ``num_workers`` processes read and decode whole shards while the VAE encodes; the
+    output is the same for any number.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
     urls = expand_shards(shards)
     out = Path(out)
     targets = [out / Path(u).name for u in urls]
@@ -124,39 +145,48 @@ def encode_latents(
     space = space.to(device).eval().requires_grad_(False)
     record = json.dumps(cache_record(cfg.diffusion)).encode()
     out.mkdir(parents=True, exist_ok=True)
-    summary = LatentSummary()
-    for url, target in zip(urls, targets):
-        with TarWriter(str(target), mtime=int(time.time())) as sink:  # whole seconds: no PAX header per member
-            pending: list[tuple[dict[str, Any], list[str], torch.Tensor]] = []
-            for item in _pending_images(tarfile_samples([{"url": url}]), cfg.diffusion.resolution, summary):
-                pending.append(item)
-                if sum(len(fields) for _, fields, _ in pending) >= batch_size:
-                    _write_encoded(sink, pending, space, record, summary)
-                    pending = []
-            _write_encoded(sink, pending, space, record, summary)
-        summary.shards.append(str(target))
-    summary.spec = str(out)
+    summary = LatentSummary(shards=[str(t) for t in targets], spec=str(out))
+    loader = DataLoader(ShardImages(urls, cfg.diffusion.resolution), batch_size=None,
+                        num_workers=min(num_workers, len(urls)))
+    sinks: dict[int, TarWriter] = {}
+    pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]] = []
+    for kind, i, *rest in loader:
+        if i not in sinks:  # whole-second mtime: no PAX header per member (see data_modules.writer)
+            sinks[i] = TarWriter(str(targets[i]), mtime=int(time.time()))
+        if kind == "end":
+            _write_encoded(pending, space, record, summary)
+            pending = []
+            sinks.pop(i).close()
+            continue
+        summary.read += 1
+        if kind == "skip":
+            summary.skip(log, *rest)
+            continue
+        sample, fields, pixels = rest
+        pending.append((sinks[i], sample, fields, pixels))
+        if sum(len(p[2]) for p in pending) >= batch_size:
+            _write_encoded(pending, space, record, summary)
+            pending = []
     return summary
 
 
 @torch.no_grad()
 def _write_encoded(
-    sink: TarWriter,
-    pending: list[tuple[dict[str, Any], list[str], torch.Tensor]],
+    pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]],
     space: VAELatents,
     record: bytes,
     summary: LatentSummary,
 ) -> None:
-    """Encode the images of ``pending`` in one batch and write each sample with its latents."""
+    """Encode the images of ``pending`` in one batch and write each sample, with its latents, to its shard."""
     if not pending:
         return
     device = next(space.parameters()).device
-    moments = space.moments(torch.cat([pixels for _, _, pixels in pending]).to(device)).cpu().numpy()  # (n, 2c, h, w)
+    moments = space.moments(torch.cat([p[3] for p in pending]).to(device)).cpu().numpy()  # (n, 2c, h, w)
     start = 0
-    for sample, fields, _ in pending:
+    for sink, sample, fields, _ in pending:
         written = copied_members(sample)
-        for i, field in enumerate(fields):
-            written[latent_field(field)] = moments_to_bytes(moments[start + i])
+        for j, field in enumerate(fields):
+            written[latent_field(field)] = moments_to_bytes(moments[start + j])
         written[RECORD_FIELD] = record
         start += len(fields)
         sink.write(written)
