@@ -45,6 +45,7 @@ class PixelSpace(nn.Module):
 
     scaling_factor = 1.0
     downsample_factor = 1
+    channels = 3
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return pixels
@@ -241,8 +242,7 @@ def build_diffusion(cfg: DiffusionConfig, sd_vocab: int) -> tuple[PreTrainedMode
             pad_token_id=3,
         )
     )
-    channels = latents.channels if isinstance(latents, VAELatents) else 3
-    unet = tiny_unet(cfg, channels, cfg.resolution // latents.downsample_factor)
+    unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type)
     if dtype != torch.float32:
         text_encoder, unet = text_encoder.to(dtype), unet.to(dtype)
