@@ -85,6 +85,7 @@ bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/activation_checkpointing.py
+	$(BIN)/python benchmarks/data_path.py
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache

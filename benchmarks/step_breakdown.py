@@ -121,6 +121,16 @@ def make_batch(model: MiniGPT5, args: argparse.Namespace) -> dict[str, torch.Ten
     return batch
 
 
+def training_step(model: MiniGPT5, optimizer: torch.optim.Optimizer, schedule, batch: dict[str, torch.Tensor]) -> None:
+    """One step as ``MiniGPT5Module.training_step`` and the optimizer run it (logging left out)."""
+    total = model(batch).total(model.cfg.loss)
+    bool(torch.isfinite(total))  # training_step's non-finite check (a host sync on GPU)
+    total.backward()
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 @dataclass
 class Item:
     name: str
@@ -148,13 +158,7 @@ def build_items(model: MiniGPT5, batch: dict[str, torch.Tensor]) -> tuple[list[I
     fake_grads = [torch.randn_like(p) * 1e-3 for p in trainable]
 
     def full() -> None:
-        out = model(batch)
-        total = out.total(cfg.loss)
-        bool(torch.isfinite(total))  # training_step's non-finite check (a host sync on GPU); logging left out
-        total.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(model, optimizer, schedule, batch)
 
     def llm() -> None:
         logits, hidden = model.llm_forward(batch["input_ids"], batch["attention_mask"])

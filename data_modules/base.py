@@ -6,9 +6,11 @@ import math
 from dataclasses import asdict
 from typing import Any, Optional, Union
 
+import torch
 import webdataset as wds
 from lightning import LightningDataModule
 
+from data_modules.latents import LATENT_MODES, LatentMode
 from data_modules.shards import SampleCounter, SampleEncoder, batches_per_worker, eval_pipeline, expand_shards
 from data_modules.stream import POSITION_KEY, EpochLoader, ResumableStream, StreamPosition
 from minigpt5.config import MiniGPT5Config
@@ -29,6 +31,16 @@ class ShardDataModule(LightningDataModule):
 
     Bad samples are logged and counted in ``counter`` (per process: with ``num_workers > 0``
     each worker counts its own, see its log lines).
+
+    ``latents``: cached VAE latents in the shards (:mod:`data_modules.latents`) are used
+    where present ("auto"), required of every sample ("require") or ignored ("off").
+
+    Loading: ``num_workers`` processes decode in parallel, each keeping ``prefetch_factor``
+    batches ready; ``pin_memory`` (default: when CUDA is available) lets the host-to-GPU
+    copy run asynchronously. Training workers are not persistent: each epoch's stream is a
+    function of the epoch and resume position, which workers receive when they start, and
+    an epoch (``samples_per_epoch``) is long enough that restarting them is negligible.
+    Validation workers persist between validation runs when ``persistent_val_workers``.
     """
 
     def __init__(
@@ -42,6 +54,10 @@ class ShardDataModule(LightningDataModule):
         val_samples: Optional[int] = None,
         seed: int = 0,
         model_config: Optional[MiniGPT5Config] = None,
+        latents: LatentMode = "auto",
+        prefetch_factor: int = 2,
+        pin_memory: Optional[bool] = None,
+        persistent_val_workers: bool = False,
     ) -> None:
         """``model_config`` is linked from ``model.config`` by the CLI; None means the tiny default."""
         super().__init__()
@@ -50,6 +66,10 @@ class ShardDataModule(LightningDataModule):
                 "need batch_size >= 1, samples_per_epoch >= 1, num_workers >= 0 and val_samples >= 1 or None; "
                 f"got {batch_size}, {samples_per_epoch}, {num_workers}, {val_samples}"
             )
+        if latents not in LATENT_MODES:
+            raise ValueError(f"data.latents must be one of {', '.join(LATENT_MODES)}; got {latents!r}")
+        if prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.batch_size = batch_size
@@ -59,6 +79,10 @@ class ShardDataModule(LightningDataModule):
         self.val_samples = val_samples
         self.seed = seed
         self.model_config = model_config or MiniGPT5Config()
+        self.latents = latents
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_val_workers = persistent_val_workers
         self.counter = SampleCounter()
         self.position = StreamPosition()
         self.encoder: Optional[SampleEncoder] = None
@@ -100,7 +124,14 @@ class ShardDataModule(LightningDataModule):
             seed=self.seed,
             rank=rank,
         )
-        return EpochLoader(dataset, self.num_workers, self._start_epoch)
+        return EpochLoader(dataset, self.num_workers, self._start_epoch, **self.loader_options(self.num_workers))
+
+    def loader_options(self, num_workers: int) -> dict[str, Any]:
+        """DataLoader options besides ``num_workers`` (prefetching needs workers)."""
+        options: dict[str, Any] = {"pin_memory": self.pin_memory}
+        if num_workers > 0:
+            options["prefetch_factor"] = self.prefetch_factor
+        return options
 
     def _start_epoch(self, dataset: ResumableStream) -> None:
         """Called as each epoch's iteration starts: set the epoch and any resume position."""
@@ -136,4 +167,8 @@ class ShardDataModule(LightningDataModule):
         if self.val_samples is not None:
             max_samples = math.ceil(self.val_samples / (world_size * max(1, num_workers)))
         dataset = eval_pipeline(self.val_urls, self.encoder, batch_size=self.batch_size, max_samples=max_samples)
-        return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
+        persistent = self.persistent_val_workers and num_workers > 0
+        return wds.WebLoader(
+            dataset, batch_size=None, num_workers=num_workers, persistent_workers=persistent,
+            **self.loader_options(num_workers),
+        )

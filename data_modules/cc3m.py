@@ -14,4 +14,4 @@ class CC3MDataModule(ShardDataModule):
     """
 
     def make_encoder(self) -> SampleEncoder:
-        return SampleEncoder(self.model_config, self.counter)
+        return SampleEncoder(self.model_config, self.counter, self.latents)

@@ -10,7 +10,6 @@ example per sample (the last turn); ``"all"`` one per turn after the first.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from typing import Any, Literal, Optional
@@ -19,7 +18,8 @@ import torch
 from PIL import Image
 
 from data_modules.base import ShardDataModule
-from data_modules.shards import BadSample, SampleCounter
+from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
+from data_modules.shards import BadSample, SampleCounter, decode_image
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -32,8 +32,8 @@ Targets = Literal["last", "all"]
 Context = Literal["both", "text", "images"]
 
 
-def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
-    """A story or dialogue sample -> [(text, images)] in order; BadSample if unusable."""
+def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
     if "json" not in sample:
         raise BadSample(sample, "no .json sequence")
     try:
@@ -41,31 +41,38 @@ def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
     except ValueError as err:
         raise BadSample(sample, f"unreadable .json: {err}") from err
     if "steps" in record:  # VIST: one image per step
-        raw = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
+        turns = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
     elif "turns" in record:  # MMDialog: zero or more images per turn
-        raw = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
+        turns = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
     else:
         raise BadSample(sample, "json has neither 'steps' (VIST) nor 'turns' (MMDialog)")
-    turns = []
-    for text, names in raw:
-        images = []
+    for _, names in turns:
         for name in names:
             if name not in sample:
                 raise BadSample(sample, f"image member '{name}' is missing")
-            try:
-                with Image.open(io.BytesIO(sample[name])) as im:
-                    images.append(im.convert("RGB"))
-            except Exception as err:  # PIL signals corrupt data with many exception types
-                raise BadSample(sample, f"unreadable image '{name}': {err}") from err
-        turns.append((text, images))
     return turns
+
+
+def decode_turns(sample: dict[str, Any], members: list[tuple[str, list[str]]]) -> list[tuple[str, list[Image.Image]]]:
+    """The turns of :func:`turn_members` with their images decoded; BadSample if one is unreadable."""
+    return [(text, [decode_image(sample, name) for name in names]) for text, names in members]
+
+
+def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
+    """A story or dialogue sample -> [(text, images)] in order; BadSample if unusable."""
+    return decode_turns(sample, turn_members(sample))
 
 
 class InterleavedEncoder:
     """Raw story/dialogue samples -> interleaved examples (``__call__``) -> batches (``collate``)."""
 
-    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context) -> None:
+    def __init__(
+        self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
+        latents: LatentMode = "auto",
+    ) -> None:
+        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off")."""
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
+        self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.with_images = cfg.vision.kind != "none" and context != "text"
@@ -81,7 +88,8 @@ class InterleavedEncoder:
         return normalise_for_tower(pixels, self.tower_size)
 
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        turns = read_turns(sample)
+        members = turn_members(sample)
+        turns = decode_turns(sample, members)
         if len(turns) < 2:
             raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
         indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
@@ -94,8 +102,20 @@ class InterleavedEncoder:
                 continue
             if item["example"].truncated:
                 self.counter.note_truncated(sample)
-            examples.append(item)
+            examples.append(self._with_cached_targets(sample, members[t][1], item))
         return examples
+
+    def _with_cached_targets(self, sample: dict[str, Any], names: list[str], item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` with its target pixels replaced by the cached moments (n, 2c, h, w) when the shard has them.
+
+        (The target images were decoded all the same: context images need decoding, and
+        the saving that matters, the VAE encoder, is made.)
+        """
+        moments = cached_moments(sample, names, self.latent_record, self.latents) if names else None
+        if moments is None:
+            return item
+        item = {k: v for k, v in item.items() if k != "target_pixels"}
+        return item | {"target_moments": moments, "target_cached": [True] * len(names)}
 
     def encode_turn(self, turns: list[tuple[str, list[Image.Image]]], t: int) -> dict[str, Any]:
         """The example whose target is ``turns[t]`` and whose context is the turns before it.
@@ -119,12 +139,13 @@ class InterleavedEncoder:
             "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
             "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
             if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
+            "target_cached": [False] * len(target_images),
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads: padded tokens, input and target images in order."""
         batch: dict[str, Any] = pad_examples([i["example"] for i in items], self.tokenizer.pad_token_id)
-        batch["target_pixels"] = torch.cat([i["target_pixels"] for i in items])  # (N, 3, H, W)
+        batch.update(collate_targets(items))  # (N, 3, H, W) pixels and/or (N, 2c, h, w) moments
         if self.with_images:
             batch["input_pixels"] = torch.cat([i["input_pixels"] for i in items])  # (M, 3, S, S)
         return batch
@@ -152,12 +173,17 @@ class InterleavedDataModule(ShardDataModule):
         val_samples: Optional[int] = None,
         seed: int = 0,
         model_config: Optional[MiniGPT5Config] = None,
+        latents: LatentMode = "auto",
+        prefetch_factor: int = 2,
+        pin_memory: Optional[bool] = None,
+        persistent_val_workers: bool = False,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch,
-                         val_samples, seed, model_config)
+                         val_samples, seed, model_config, latents, prefetch_factor, pin_memory,
+                         persistent_val_workers)
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context = targets, context
 
     def make_encoder(self) -> InterleavedEncoder:
-        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context)
+        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents)

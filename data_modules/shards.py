@@ -20,6 +20,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from data_modules.errors import BadSample
+from data_modules.latents import LatentMode, cached_moments, cache_record, collate_targets
 from minigpt5.builders import build_llm_tokenizer, build_sd_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -71,13 +73,6 @@ def expand_shards(spec: str) -> list[str]:
 
 # ---- bad samples ----
 
-class BadSample(ValueError):
-    """A sample that cannot be used, named by its shard url and key."""
-
-    def __init__(self, sample: dict[str, Any], reason: str) -> None:
-        super().__init__(f"{sample.get('__url__')} sample '{sample.get('__key__')}': {reason}")
-
-
 def _worker_name() -> str:
     info = torch.utils.data.get_worker_info()
     return "main process" if info is None else f"worker {info.id}"
@@ -121,11 +116,16 @@ class SampleCounter:
 
 # ---- sample -> model inputs ----
 
-def decode_sample(sample: dict[str, Any]) -> tuple[Image.Image, str]:
-    """Raw wds sample -> (RGB image, caption); :class:`BadSample` if either is missing or unreadable."""
+def image_field(sample: dict[str, Any]) -> str:
+    """The sample's image member (first of ``IMAGE_EXTENSIONS`` present); BadSample if none."""
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise BadSample(sample, f"no image (one of .{', .'.join(IMAGE_EXTENSIONS)})")
+    return ext
+
+
+def decode_caption(sample: dict[str, Any]) -> str:
+    """The sample's ``.txt`` caption; BadSample if missing, not UTF-8 or empty."""
     if "txt" not in sample:
         raise BadSample(sample, "no caption (.txt)")
     try:
@@ -134,39 +134,63 @@ def decode_sample(sample: dict[str, Any]) -> tuple[Image.Image, str]:
         raise BadSample(sample, f"caption is not UTF-8: {err}") from err
     if not caption:
         raise BadSample(sample, "empty caption")
+    return caption
+
+
+def decode_image(sample: dict[str, Any], field: str) -> Image.Image:
+    """The RGB image in member ``field``; BadSample if it cannot be decoded."""
     try:
-        with Image.open(io.BytesIO(sample[ext])) as im:
-            image = im.convert("RGB")
+        with Image.open(io.BytesIO(sample[field])) as im:
+            return im.convert("RGB")
     except Exception as err:  # PIL signals corrupt data with many exception types
-        raise BadSample(sample, f"unreadable .{ext} image: {err.__class__.__name__}: {err}") from err
-    return image, caption
+        raise BadSample(sample, f"unreadable .{field} image: {err.__class__.__name__}: {err}") from err
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[Image.Image, str]:
+    """Raw wds sample -> (RGB image, caption); :class:`BadSample` if either is missing or unreadable."""
+    field = image_field(sample)
+    caption = decode_caption(sample)
+    return decode_image(sample, field), caption
 
 
 class SampleEncoder:
-    """Turns raw samples into model inputs (``__call__``) and lists of those into batches (``collate``)."""
+    """Turns raw samples into model inputs (``__call__``) and lists of those into batches (``collate``).
 
-    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter) -> None:
+    ``latents`` (see :mod:`data_modules.latents`): with "auto" or "require", a sample
+    carrying cached latents gives its target as VAE moments and its image is not decoded.
+    """
+
+    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter, latents: LatentMode = "auto") -> None:
         self.cfg = cfg
         self.counter = counter
+        self.latents = latents
+        self.latent_record = cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
 
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
         """One raw sample -> its examples (here exactly one)."""
-        image, caption = decode_sample(sample)
+        field = image_field(sample)
+        caption = decode_caption(sample)
         example = encode_caption(
             self.tokenizer, caption, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt
         )
         if example.truncated:
             self.counter.note_truncated(sample)
-        pixels = to_target_tensor(image, self.cfg.diffusion.resolution)  # (3, H, W)
-        return [{"example": example, "target_pixels": pixels, "caption": caption}]
+        item: dict[str, Any] = {"example": example, "caption": caption}
+        moments = cached_moments(sample, [field], self.latent_record, self.latents)  # (1, 2c, h, w) or None
+        if moments is None:
+            pixels = to_target_tensor(decode_image(sample, field), self.cfg.diffusion.resolution)  # (3, H, W)
+            item.update(target_pixels=pixels[None], target_cached=[False])
+        else:
+            item.update(target_moments=moments, target_cached=[True])
+        return [item]
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads, plus the caption strings."""
         captions = [s["caption"] for s in samples]
         batch: dict[str, Any] = pad_examples([s["example"] for s in samples], self.tokenizer.pad_token_id)  # (B, T)
-        batch["target_pixels"] = torch.stack([s["target_pixels"] for s in samples])  # (B, 3, H, W)
+        batch.update(collate_targets(samples))  # (B, 3, H, W) pixels and/or (B, 2c, h, w) moments
         batch["caption_ids"] = tokenize_for_text_encoder(
             self.sd_tokenizer, captions, self.cfg.diffusion.text_max_length
         )  # (B, 77)

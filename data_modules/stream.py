@@ -125,16 +125,24 @@ class EpochLoader:
     """Iterable over a :class:`ResumableStream` through a DataLoader, one epoch per ``iter``.
 
     ``on_epoch(dataset)`` runs before each epoch's workers start (they get a copy of the
-    dataset then), to set the epoch and resume position.
+    dataset then), to set the epoch and resume position. ``loader_options`` go to the
+    DataLoader (e.g. ``prefetch_factor``, ``pin_memory``).
     """
 
-    def __init__(self, dataset: ResumableStream, num_workers: int, on_epoch: Callable[[ResumableStream], None]) -> None:
+    def __init__(
+        self,
+        dataset: ResumableStream,
+        num_workers: int,
+        on_epoch: Callable[[ResumableStream], None],
+        **loader_options: Any,
+    ) -> None:
         self.dataset, self.num_workers, self.on_epoch = dataset, num_workers, on_epoch
+        self.loader_options = loader_options
 
     def __len__(self) -> int:
         return self.dataset.num_batches * self.dataset.num_streams
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.on_epoch(self.dataset)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, **self.loader_options)
         return iter(loader)

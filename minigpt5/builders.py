@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -62,6 +63,7 @@ class PixelSpace(nn.Module):
 
     scaling_factor = 1.0
     downsample_factor = 1
+    channels = 3
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return pixels
@@ -71,22 +73,36 @@ class PixelSpace(nn.Module):
 
 
 class VAELatents(nn.Module):
-    """A diffusers AutoencoderKL as a latent space, latents scaled by its scaling factor."""
+    """A diffusers AutoencoderKL as a latent space, latents scaled by its scaling factor.
+
+    Encoding is split in two so a latent cache can store the deterministic half:
+    :meth:`moments` (the encoder's Gaussian, mean and log-variance, float32) and
+    :meth:`sample` (one draw from it with ``generator``, scaled). Cached moments and
+    moments computed now give the same latents for the same generator.
+    """
 
     def __init__(self, vae: AutoencoderKL) -> None:
         super().__init__()
         self.vae = vae
         self.scaling_factor = float(vae.config.scaling_factor)
         self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.channels = int(vae.config.latent_channels)
 
     @property
     def dtype(self) -> torch.dtype:
         # One parameter is enough; diffusers' own .dtype walks every submodule.
         return next(self.vae.parameters()).dtype
 
+    def moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, 3, H, W) in [-1, 1] -> the encoder's mean and log-variance (N, 2c, h, w), float32."""
+        return self.vae.encode(pixels.to(self.dtype)).latent_dist.parameters.float()
+
+    def sample(self, moments: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Moments (N, 2c, h, w) -> one latent draw (N, c, h, w) times the scaling factor."""
+        return DiagonalGaussianDistribution(moments.float()).sample(generator) * self.scaling_factor
+
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        dist = self.vae.encode(pixels.to(self.dtype)).latent_dist
-        return dist.sample(generator) * self.scaling_factor
+        return self.sample(self.moments(pixels), generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
@@ -186,6 +202,45 @@ def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DCo
     )
 
 
+def build_latent_space(cfg: DiffusionConfig) -> nn.Module:
+    """The latent space alone: SD's VAE from ``path``, a tiny seeded VAE, or pixel space.
+
+    The tiny VAE is seeded on its own, so building it here or inside
+    :func:`build_diffusion` gives the same weights (``minigpt5 data encode-latents``
+    builds only this part).
+    """
+    if cfg.latent_space == "pixel":
+        return PixelSpace()
+    dtype = _dtype(cfg.torch_dtype)
+    if cfg.path is not None:
+        vae = load_pretrained("SD VAE", cfg.path, AutoencoderKL.from_pretrained, subfolder="vae", torch_dtype=dtype)
+        return VAELatents(vae)
+    blocks = len(cfg.vae_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks,
+            block_out_channels=cfg.vae_channels,
+            layers_per_block=cfg.vae_layers_per_block,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=cfg.resolution,
+        )
+    return VAELatents(vae).to(dtype)
+
+
+def latent_space_name(cfg: DiffusionConfig) -> str:
+    """What identifies the latent space's weights, from the config alone (recorded in latent caches)."""
+    if cfg.latent_space == "pixel":
+        return "pixel"
+    if cfg.path is not None:
+        return f"vae:{cfg.path}"
+    return f"tiny-vae:channels={list(cfg.vae_channels)},layers={cfg.vae_layers_per_block},seed={TINY_SEED}"
+
+
 def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
     """The loaded SD parts of ``cfg.path`` built from their configs only (no weights read)."""
     dtype = _dtype(cfg.torch_dtype)
@@ -211,6 +266,7 @@ def build_diffusion(
     dtype = _dtype(cfg.torch_dtype)
     if cfg.path is not None and empty:
         return empty_diffusion(cfg)
+    latents = build_latent_space(cfg)
     if cfg.path is not None:
         text_encoder = load_pretrained(
             "SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype
@@ -219,10 +275,7 @@ def build_diffusion(
             "SD UNet", cfg.path, UNet2DConditionModel.from_pretrained, subfolder="unet", torch_dtype=dtype
         )
         scheduler = load_pretrained("SD scheduler", cfg.path, DDPMScheduler.from_pretrained, subfolder="scheduler")
-        if cfg.latent_space == "vae":
-            vae = load_pretrained("SD VAE", cfg.path, AutoencoderKL.from_pretrained, subfolder="vae", torch_dtype=dtype)
-            return text_encoder, unet, VAELatents(vae), scheduler
-        return text_encoder, unet, PixelSpace(), scheduler
+        return text_encoder, unet, latents, scheduler
     width = cfg.cross_attention_dim
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -237,25 +290,10 @@ def build_diffusion(
             pad_token_id=3,
         )
     )
-    if cfg.latent_space == "vae":
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(16, 32),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=cfg.resolution,
-        )
-        latents: nn.Module = VAELatents(vae)
-        channels = 4
-    else:
-        latents, channels = PixelSpace(), 3
-    unet = tiny_unet(cfg, channels, cfg.resolution // latents.downsample_factor)
+    unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type)
     if dtype != torch.float32:
-        text_encoder, unet, latents = text_encoder.to(dtype), unet.to(dtype), latents.to(dtype)
+        text_encoder, unet = text_encoder.to(dtype), unet.to(dtype)
     return text_encoder, unet, latents, scheduler
 
 

@@ -93,6 +93,8 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000  # tiny only
     cross_attention_dim: int = 32  # tiny only (text encoder width)
     unet_channels: tuple[int, ...] = (32, 64)  # tiny only
+    vae_channels: tuple[int, ...] = (16, 32)  # tiny only (latent_space vae): one encoder block per width
+    vae_layers_per_block: int = 1  # tiny only (SD's VAE has 2)
     text_encoder_layers: int = 2  # tiny only
     text_max_length: int = 77  # caption tokens for the SD text encoder
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -104,7 +106,10 @@ class DiffusionConfig:
         _check_choice("diffusion.latent_space", self.latent_space, ("vae", "pixel"))
         _check_choice("diffusion.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
         _check_choice("diffusion.torch_dtype", self.torch_dtype, _DTYPES)
+        _check(len(self.vae_channels) >= 1 and self.vae_layers_per_block >= 1,
+               "diffusion.vae_channels needs at least one width and vae_layers_per_block must be >= 1")
         self.unet_channels = tuple(self.unet_channels)
+        self.vae_channels = tuple(self.vae_channels)
 
 
 @dataclass

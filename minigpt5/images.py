@@ -19,6 +19,10 @@ def pad_to_white_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
+# Names the transform below; latent caches record it, so a change to it must change this.
+TARGET_TRANSFORM = "white-pad-square, bicubic resize, [-1, 1]"
+
+
 def to_target_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """White-pad, resize to ``resolution`` and scale to [-1, 1] -> (3, H, W) float32."""
     square = pad_to_white_square(image).resize((resolution, resolution), Image.BICUBIC)

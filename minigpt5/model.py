@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from minigpt5.adapters import apply_adapter
-from minigpt5.builders import Components, build_components
+from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.guidance import drop_features, sample_latents
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
@@ -55,6 +55,12 @@ def zero_through(module: nn.Module) -> torch.Tensor:
     return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
 
 
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """How many target images a batch holds, as pixels, cached moments or a mix of both."""
+    key = next((k for k in ("target_cached", "target_latent_moments") if k in batch), "target_pixels")
+    return len(batch[key])
+
+
 class MiniGPT5(nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
 
@@ -62,6 +68,10 @@ class MiniGPT5(nn.Module):
       input_ids, attention_mask, labels: (B, T) — labels -100 where no text loss;
       target_pixels: (N, 3, H, W) in [-1, 1], one per ``[IMG0]`` in input_ids, in
         row-major order of appearance;
+      target_latent_moments: optional (K, 2c, h, w) cached VAE moments (mean, log-variance)
+        of K of those targets, used instead of encoding them (see :meth:`target_latents`);
+      target_cached: (N,) bool, which targets the moments are for, when only some are
+        (without it, the moments are all N targets and target_pixels may be absent);
       caption_ids: optional (N, L) SD text-encoder ids of each target's caption (CAP loss);
       input_pixels: optional (M, 3, S, S) context images, tower-normalised, one per run of
         ``<ImageHere>`` placeholders in input_ids, in row-major order.
@@ -219,6 +229,41 @@ class MiniGPT5(nn.Module):
         return self.latents.encode(pixels, generator).float()
 
     @torch.no_grad()
+    def target_latents(self, batch: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The batch's targets as scaled latents (N, c, h, w), from cached moments where given.
+
+        Cached targets skip the VAE encoder; the rest are encoded now. All N moments are
+        then sampled in one draw, so the latents (and the loss) are the same whether a
+        target's moments came from the cache or from the encoder.
+        """
+        moments = batch.get("target_latent_moments")
+        if moments is None:
+            return self.encode_images(batch["target_pixels"], generator)
+        if not isinstance(self.latents, VAELatents):
+            raise ValueError("the batch has cached target_latent_moments but diffusion.latent_space is 'pixel'")
+        size = self.cfg.diffusion.resolution // self.latents.downsample_factor
+        expected = (2 * self.latents.channels, size, size)
+        if tuple(moments.shape[1:]) != expected:
+            raise ValueError(
+                f"cached target_latent_moments have shape {tuple(moments.shape[1:])} per image; this model's VAE "
+                f"at diffusion.resolution {self.cfg.diffusion.resolution} needs {expected}"
+            )
+        cached = batch.get("target_cached")
+        if cached is not None:
+            pixels = batch["target_pixels"]
+            if int(cached.sum()) != moments.shape[0] or int((~cached).sum()) != pixels.shape[0]:
+                raise ValueError(
+                    f"target_cached marks {int(cached.sum())} of {cached.shape[0]} targets, but the batch has "
+                    f"{moments.shape[0]} cached moments and {pixels.shape[0]} target images"
+                )
+            merged = moments.new_empty((cached.shape[0], *expected))  # (N, 2c, h, w)
+            merged[cached] = moments.float()
+            if pixels.shape[0]:
+                merged[~cached] = self.latents.moments(pixels)
+            moments = merged
+        return self.latents.sample(moments, generator).float()
+
+    @torch.no_grad()
     def encode_captions(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """SD text-encoder output (N, L, C) for caption ids (N, L)."""
         return self.text_encoder(caption_ids)[0].float()
@@ -237,15 +282,15 @@ class MiniGPT5(nn.Module):
         logits, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"], batch.get("input_pixels"))
         loss_text = text_loss(logits, batch["labels"])
         features = self.voken_features(batch["input_ids"], hidden)  # (N, n, D)
-        pixels = batch["target_pixels"]
-        if features.shape[0] != pixels.shape[0]:
-            raise ValueError(f"batch has {features.shape[0]} voken blocks but {pixels.shape[0]} target images")
+        targets = target_count(batch)
+        if features.shape[0] != targets:
+            raise ValueError(f"batch has {features.shape[0]} voken blocks but {targets} target images")
         if features.shape[0] == 0:
             # No target image (e.g. text-only dialogue responses): no diffusion or CAP loss.
             return MiniGPT5Output(text=loss_text, ldm=zero_through(self.mapper), cap=None)
         features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
         cond = self.condition(features)  # (N, Q, C)
-        latents = self.encode_images(pixels, generator)
+        latents = self.target_latents(batch, generator)  # (N, c, h, w)
         loss_ldm = ldm_loss(
             self.denoise, self.scheduler, latents, cond,
             min_snr_gamma=self.cfg.loss.min_snr_gamma, generator=generator,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,10 @@ def test_write_shards_splits_and_brace_spec_reads_back(tmp_path):
     assert [Path(p).name for p in paths] == ["part-000000.tar", "part-000001.tar", "part-000002.tar"]
     assert expand_shards(brace_spec(pattern, len(paths))) == paths
     assert brace_spec(pattern, 1) == str(tmp_path / "part-000000.tar")
+    with tarfile.open(paths[0]) as tar:  # one ustar header per member, no PAX header to parse as well
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["000000000.txt", "000000001.txt"]
+    assert all(not m.pax_headers and isinstance(m.mtime, int) for m in members)
 
 
 def test_write_shards_leaves_no_file_for_no_samples(tmp_path):

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from data_modules.convert.cc3m import convert_cc3m
+from data_modules.convert.latents import encode_latents, model_config
 from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.synthetic import write_synthetic
@@ -45,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     layout = synthetic.add_mutually_exclusive_group()
     layout.add_argument("--stories", action="store_true", help="3-step shape stories (VIST layout) instead of pairs")
     layout.add_argument("--dialogues", action="store_true", help="4-turn shape dialogues (MMDialog layout)")
+
+    latents = commands.add_parser("encode-latents", help="copy shards adding each image's VAE latent (moments)")
+    latents.add_argument("--shards", required=True, help="input shards: brace pattern, folder or comma list")
+    latents.add_argument("--out", required=True, help="output folder; shards keep their input names")
+    latents.add_argument("-c", "--model-config", action="append", default=[], metavar="YAML",
+                         help="training config file(s) whose model.config names the VAE and resolution, "
+                              "as given to `minigpt5 fit -c` (repeatable, applied in order)")
+    latents.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="model.config override, e.g. diffusion.resolution=256 (repeatable)")
+    latents.add_argument("--batch-size", type=int, default=32, help="images per VAE forward")
+    latents.add_argument("--workers", type=int, default=4, help="processes decoding whole shards (0: none)")
+    latents.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return parser
 
 
@@ -61,6 +74,10 @@ def main(argv: list[str]) -> int:
                     args.stories, args.images_map, args.out, image_root=args.image_root, shard_size=args.shard_size
                 )
             )
+        elif args.command == "encode-latents":
+            cfg = model_config(args.model_config, args.overrides)
+            print(encode_latents(args.shards, args.out, cfg, batch_size=args.batch_size, num_workers=args.workers,
+                                 device=args.device))
         elif args.command == "mmdialog":
             print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
         else:

@@ -1,0 +1,195 @@
+"""``minigpt5 data encode-latents``: copy shards, adding each image's VAE moments.
+
+For every sample of every input shard, each image member (``key.jpg``, or
+``key.0.jpg``, ``key.1.jpg``, ... in stories and dialogues) goes through the training
+transform (:func:`~minigpt5.images.to_target_tensor` at ``diffusion.resolution``) and the
+configured VAE's encoder; its moments are written as ``key[.i].latent.npy`` with a
+``key.latent.json`` record of what made them (:mod:`data_modules.latents`). Every other
+member is copied byte for byte. Output shards keep their input names, one per input, so
+disjoint ``--shards`` lists can also run as separate processes (one per GPU) into one folder.
+DataLoader workers read and decode whole shards while the main process runs the VAE.
+Samples with no image or an unreadable one are logged, counted and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from jsonargparse import ArgumentParser
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import TarWriter
+from webdataset.tariterators import tarfile_samples
+
+from data_modules.convert.common import SequenceSummary
+from data_modules.errors import BadSample
+from data_modules.latents import LATENT_SUFFIX, RECORD_FIELD, cache_record, latent_field, moments_to_bytes
+from data_modules.shards import IMAGE_EXTENSIONS, decode_image, expand_shards
+from minigpt5.builders import VAELatents, build_latent_space
+from minigpt5.config import MiniGPT5Config
+from minigpt5.images import to_target_tensor
+
+log = logging.getLogger(__name__)
+
+
+class LatentSummary(SequenceSummary):
+    """What an encode-latents run read, wrote and skipped (samples, and the images encoded in them)."""
+
+    unit = "samples"
+    part = "latents"
+
+
+def model_config(files: list[str], overrides: Optional[list[str]] = None) -> MiniGPT5Config:
+    """The ``model.config`` of training YAML ``files`` (merged in order) with dotted ``overrides``.
+
+    ``files`` are those given to ``minigpt5 fit -c``; an override is ``diffusion.resolution=256``
+    (relative to ``model.config``). Unknown keys and bad values are errors naming them.
+    """
+    overrides = overrides or []
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"a model config override is key=value (e.g. diffusion.resolution=256); got {bad}")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"model config file(s) not found: {', '.join(missing)}")
+    merged = OmegaConf.merge(*(OmegaConf.load(f) for f in files)) if files else OmegaConf.create()
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"model.config.{o}" for o in overrides]))
+    section = OmegaConf.to_container(merged, resolve=True).get("model", {}).get("config", {})  # type: ignore[union-attr]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", type=MiniGPT5Config)
+    try:
+        namespace = parser.parse_object({"config": section or {}})
+    except Exception as err:  # jsonargparse reports unknown keys and bad values this way
+        raise ValueError(f"model config from {files} with {overrides}: {err}") from err
+    return parser.instantiate(namespace).config
+
+
+def image_fields(sample: dict[str, Any]) -> list[str]:
+    """The sample's image members (``jpg``, ``0.jpg``, ...), sorted."""
+    return sorted(k for k in sample if not k.startswith("__") and k.rpartition(".")[2] in IMAGE_EXTENSIONS)
+
+
+def copied_members(sample: dict[str, Any]) -> dict[str, Any]:
+    """The members to copy: all but wds' bookkeeping and any earlier latent cache."""
+    return {
+        k: v for k, v in sample.items()
+        if k == "__key__" or not (k.startswith("__") or k == RECORD_FIELD or k.endswith(LATENT_SUFFIX))
+    }
+
+
+class ShardImages(IterableDataset):
+    """Decodes the images of whole shards, each shard in one DataLoader worker, in sample order.
+
+    Yields, per shard ``i``: ``("sample", i, sample, fields, pixels (n, 3, H, W))`` for usable
+    samples, ``("skip", i, reason, where, message)`` for the others (counted by the caller,
+    whose summary the workers do not share), then ``("end", i)``.
+    """
+
+    def __init__(self, urls: list[str], resolution: int) -> None:
+        super().__init__()
+        self.urls, self.resolution = urls, resolution
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(worker, len(self.urls), workers):
+            for sample in tarfile_samples([{"url": self.urls[i]}]):
+                yield self._prepare(i, sample)
+            yield ("end", i)
+
+    def _prepare(self, i: int, sample: dict[str, Any]) -> tuple[Any, ...]:
+        where = f"{sample.get('__url__')} sample '{sample.get('__key__')}'"
+        fields = image_fields(sample)
+        if not fields:
+            return ("skip", i, "no_image", where, f"no image member (.{', .'.join(IMAGE_EXTENSIONS)})")
+        try:
+            pixels = torch.stack([to_target_tensor(decode_image(sample, f), self.resolution) for f in fields])
+        except BadSample as err:
+            return ("skip", i, "corrupt_image", where, str(err))
+        return ("sample", i, sample, fields, pixels)
+
+
+def encode_latents(
+    shards: str,
+    out: Union[str, Path],
+    cfg: MiniGPT5Config,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: Optional[str] = None,
+) -> LatentSummary:
+    """Write ``out/<input shard name>`` for every shard of ``shards`` with latents added (module docstring).
+
+    ``num_workers`` processes read and decode whole shards while the VAE encodes; the
+    output is the same for any number.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
+    urls = expand_shards(shards)
+    out = Path(out)
+    targets = [out / Path(u).name for u in urls]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"shards in '{shards}' share file names; their copies in {out} would collide")
+    clashes = [u for u, t in zip(urls, targets) if t.resolve() == Path(u).resolve()]
+    if clashes:
+        raise ValueError(f"--out {out} would overwrite the input shards {clashes[:3]}: choose another folder")
+    space = build_latent_space(cfg.diffusion)
+    if not isinstance(space, VAELatents):
+        raise ValueError("diffusion.latent_space is 'pixel': there is no VAE encoder to cache; set it to 'vae'")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    space = space.to(device).eval().requires_grad_(False)
+    record = json.dumps(cache_record(cfg.diffusion)).encode()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = LatentSummary(shards=[str(t) for t in targets], spec=str(out))
+    loader = DataLoader(ShardImages(urls, cfg.diffusion.resolution), batch_size=None,
+                        num_workers=min(num_workers, len(urls)))
+    sinks: dict[int, TarWriter] = {}
+    pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]] = []
+    for kind, i, *rest in loader:
+        if i not in sinks:  # whole-second mtime: no PAX header per member (see data_modules.writer)
+            sinks[i] = TarWriter(str(targets[i]), mtime=int(time.time()))
+        if kind == "end":
+            _write_encoded(pending, space, record, summary)
+            pending = []
+            sinks.pop(i).close()
+            continue
+        summary.read += 1
+        if kind == "skip":
+            summary.skip(log, *rest)
+            continue
+        sample, fields, pixels = rest
+        pending.append((sinks[i], sample, fields, pixels))
+        if sum(len(p[2]) for p in pending) >= batch_size:
+            _write_encoded(pending, space, record, summary)
+            pending = []
+    return summary
+
+
+@torch.no_grad()
+def _write_encoded(
+    pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]],
+    space: VAELatents,
+    record: bytes,
+    summary: LatentSummary,
+) -> None:
+    """Encode the images of ``pending`` in one batch and write each sample, with its latents, to its shard."""
+    if not pending:
+        return
+    device = next(space.parameters()).device
+    moments = space.moments(torch.cat([p[3] for p in pending]).to(device)).cpu().numpy()  # (n, 2c, h, w)
+    start = 0
+    for sink, sample, fields, _ in pending:
+        written = copied_members(sample)
+        for j, field in enumerate(fields):
+            written[latent_field(field)] = moments_to_bytes(moments[start + j])
+        written[RECORD_FIELD] = record
+        start += len(fields)
+        sink.write(written)
+        summary.written += 1
+        summary.parts += len(fields)
+        summary.images += len(fields)
