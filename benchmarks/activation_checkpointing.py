@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from minigpt5.config import MiniGPT5Config
-from minigpt5.memory import measure_activations
+from minigpt5.memory import measure_activations, storage_bytes_saved
 from minigpt5.model import MiniGPT5
 from step_breakdown import add_size_args, build_config, iqr, make_batch, start_run
 
@@ -89,21 +89,12 @@ def step(model: MiniGPT5, batch: dict[str, torch.Tensor], seed: int) -> None:
 
 def saved_bytes(model: MiniGPT5, batch: dict[str, torch.Tensor], seed: int) -> int:
     """Bytes autograd saves for the backward in one forward, each storage once, no parameters."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
     torch.manual_seed(seed)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(batch).total(model.cfg.loss)
-    loss.backward()
+    losses = []
+    saved = storage_bytes_saved(model, lambda: losses.append(model(batch).total(model.cfg.loss)))
+    losses[0].backward()
     model.zero_grad(set_to_none=True)
-    return sum(storages.values())
+    return saved
 
 
 def sync(device: str) -> None:

@@ -80,10 +80,15 @@ def load_extractors(protocol: str, paths: ExtractorPaths) -> Extractors:
 
 
 class TinyImageFeatures(nn.Module):
-    """A small random conv net: images with values in [0, 255] (any size) -> (N, out) features."""
+    """A small random conv net: images with values in [0, 255] (any size) -> (N, out) features.
 
-    def __init__(self, out: int) -> None:
+    ``gain`` scales the output; as IS logits, a larger gain makes a more confident
+    classifier, so IS moves away from its floor of 1 as images vary.
+    """
+
+    def __init__(self, out: int, gain: float = 1.0) -> None:
         super().__init__()
+        self.gain = gain
         self.net = nn.Sequential(
             nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, out),
@@ -92,7 +97,7 @@ class TinyImageFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         x = nn.functional.interpolate(images.float() / 255.0, size=(32, 32), mode="bilinear", antialias=True)
-        return self.net(x)
+        return self.net(x) * self.gain
 
 
 def tiny_extractors(seed: int = 0) -> Extractors:
@@ -117,7 +122,7 @@ def tiny_extractors(seed: int = 0) -> Extractors:
         extractors = Extractors(
             kind="tiny",
             fid_features=TinyImageFeatures(16).eval(),
-            is_logits=TinyImageFeatures(10).eval(),
+            is_logits=TinyImageFeatures(10, gain=30.0).eval(),
             cleanfid_features=TinyImageFeatures(16).eval(),
             clip=clip.eval().requires_grad_(False),
             clip_processor=ClipProcessor(

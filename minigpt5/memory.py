@@ -61,6 +61,23 @@ def efficient_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
+def storage_bytes_saved(model: nn.Module, step: Callable[[], object]) -> int:
+    """Bytes autograd saves for backward while ``step`` runs on real tensors: each storage
+    once, ``model``'s parameters left out (the reference :class:`SavedTensors` is checked against)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
 class SavedTensors:
     """Counts the bytes autograd saves for backward, each tensor once, parameters left out."""
 
