@@ -10,12 +10,15 @@ Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_models.module import MiniGPT5Module
 from lit_models.text_to_image import TextToImageModule
@@ -36,6 +39,28 @@ _EXPECTED_WARNINGS = (
 )
 
 
+ATOMIC_IO = "lit_models.checkpoint_io.AtomicCheckpointIO"
+
+
+def _is_checkpoint_io(plugin: Any) -> bool:
+    """Whether a parsed ``trainer.plugins`` entry (class_path namespace or instance) is a CheckpointIO."""
+    if isinstance(plugin, CheckpointIO):
+        return True
+    if not isinstance(plugin, Namespace) or "class_path" not in plugin:
+        return False
+    module, _, name = plugin.class_path.rpartition(".")
+    return issubclass(getattr(importlib.import_module(module), name), CheckpointIO)
+
+
+def with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """``trainer.plugins`` plus :class:`~lit_models.checkpoint_io.AtomicCheckpointIO` unless a
+    CheckpointIO is already configured (a config may name its own)."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+    if not any(_is_checkpoint_io(p) for p in plugins):
+        plugins.append(Namespace(class_path=ATOMIC_IO, init_args=Namespace()))
+    return plugins
+
+
 def silence_expected_warnings() -> None:
     for pattern in _EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -51,6 +76,7 @@ class MiniGPT5CLI(LightningCLI):
         # An empty TensorBoard save_dir means the run directory, so one flag
         # (--trainer.default_root_dir) moves checkpoints, events and samples together.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        config.trainer.plugins = with_atomic_checkpoints(config.trainer.plugins)
         logger = config.trainer.logger
         if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and not logger.init_args.save_dir:
             logger.init_args.save_dir = config.trainer.default_root_dir or "."
