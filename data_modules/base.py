@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict
 from typing import Any, Optional, Union
 
+import torch
 import webdataset as wds
 from lightning import LightningDataModule
 
@@ -116,10 +117,28 @@ class ShardDataModule(LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stream_position": asdict(self.position)}
+        """Every rank's stream position (rank order): ranks read different streams, so their
+        positions differ (e.g. raw samples read), and Lightning writes rank 0's copy only.
+
+        Lightning builds the checkpoint on every rank, so the gather here is collective.
+        """
+        _, world_size = self._rank_and_world()
+        positions: list[Any] = [asdict(self.position)]
+        if world_size > 1:
+            positions = [None] * world_size
+            torch.distributed.all_gather_object(positions, asdict(self.position))
+        return {"stream_positions": positions}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict["stream_position"]
+        positions = state_dict["stream_positions"]
+        rank, world_size = self._rank_and_world()
+        if len(positions) != world_size:
+            raise ValueError(
+                f"the checkpoint's data stream positions were saved by {len(positions)} ranks but this run has "
+                f"{world_size}: each rank reads its own stream, so exact resumption needs the same number of ranks "
+                "(to change it, start a new run from the weights with --model.init_from=<checkpoint>)"
+            )
+        saved = positions[rank]
         self.position = StreamPosition(saved["epoch"], saved["batches"], {int(k): v for k, v in saved["raw"].items()})
 
     def val_dataloader(self) -> Union[wds.WebLoader, list]:

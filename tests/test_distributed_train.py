@@ -1,0 +1,65 @@
+"""Two-process DDP training through the CLI on CPU (gloo): exact resumption per rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_modules.synthetic import SyntheticShards, synthetic_samples
+from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
+from test_train import cli, fit_args, run_config, trainable_weights
+
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+def with_bad_samples(samples, every: int):
+    """``samples`` with an undecodable JPEG in every ``every``-th sample (it is skipped and counted)."""
+    for index, sample in enumerate(samples):
+        if index % every == every - 1:
+            sample = {**sample, "jpg": b"not a jpeg"}
+        yield sample
+
+
+@pytest.fixture(scope="module")
+def shards_with_bad_samples(tmp_path_factory) -> str:
+    """64 caption/image samples in 4 shards, every 3rd one corrupt.
+
+    The ranks read different streams, so they meet the corrupt samples at different
+    times and their stream positions (raw samples read) differ: rank 1's position must
+    come back from the checkpoint as rank 1's, not as rank 0's.
+    """
+    pattern = str(tmp_path_factory.mktemp("bad") / f"train-{SHARD_NUMBER}.tar")
+    paths = write_shards(pattern, with_bad_samples(synthetic_samples(64, 16, seed=0), every=3), shard_size=16)
+    return brace_spec(pattern, len(paths))
+
+
+def ddp_args(train: str, root: Path, overlay: str, steps: int) -> list[str]:
+    return fit_args(SyntheticShards(train=train, val=None), root, overlay, steps) + DDP + ["--data.batch_size=2"]
+
+
+@pytest.mark.slow
+def test_ddp_killed_run_resumed_from_last_matches_uninterrupted(shards_with_bad_samples, tmp_path):
+    # Per rank: 2 workers x 4 batches = 8 batches an epoch; the kill after step 5 is mid-epoch.
+    steps, kill_at = 7, 5
+    straight = cli(ddp_args(shards_with_bad_samples, tmp_path / "a", run_config(tmp_path), steps))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path, kill_at), steps))
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == kill_at
+    positions = ckpt["CC3MDataModule"]["stream_positions"]
+    assert len(positions) == 2 and all(p["batches"] == kill_at for p in positions)
+    assert positions[0]["raw"] != positions[1]["raw"], "test needs ranks whose positions differ"
+
+    resumed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path), steps) + ["--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = trainable_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    b = trainable_weights(last)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
