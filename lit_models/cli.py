@@ -4,6 +4,7 @@
   minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
   minigpt5 data cc3m|synthetic ...                            shard converters
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
+  minigpt5 export --ckpt last.ckpt --out trainable.safetensors  consolidated trainable weights
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
@@ -101,6 +102,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from data_modules.convert.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from lit_models.export import main as export_main
+
+        return export_main(argv[1:])
     if argv[:1] == ["generate"]:
         from lit_models.generate_cli import main as generate_main
 

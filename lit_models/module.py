@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule
 
+from lit_models.export import trainable_weights
 from lit_models.optim import OptimConfig, build_optimizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.model import MiniGPT5
@@ -100,12 +101,15 @@ class MiniGPT5Module(LightningModule):
     def load_weights_from(self, path: str) -> list[str]:
         """Load every tensor of checkpoint ``path`` (its trainable weights) into this module.
 
+        ``path``: a Lightning checkpoint, a DeepSpeed checkpoint folder or a
+        ``minigpt5 export`` safetensors file.
+
         Stage 2 starts from stage 1 this way: the voken rows and mapper come from the
         checkpoint; what stage 1 did not have (adapter, input projection) keeps its
         initialisation and is returned. A key this model lacks or a shape mismatch is an error.
         """
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+            state = trainable_weights(path)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"init_from checkpoint '{path}' does not exist") from err
         own = self.state_dict()
@@ -139,6 +143,8 @@ class MiniGPT5Module(LightningModule):
             return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a DeepSpeed checkpoint: the engine restored the weights itself
         saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()
         if saved != expected:
             missing, extra = sorted(expected - saved), sorted(saved - expected)
