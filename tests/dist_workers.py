@@ -104,3 +104,41 @@ def deepspeed_worker(rank: int, world_size: int, port: int, stage: int, steps: i
                Path(out) / f"live_rank{rank}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def fsdp2_worker(rank: int, world_size: int, port: int, steps: int, out: str) -> None:
+    """FSDP2 (``fully_shard``) over the tiny model: LLM decoder layers and the mapper as their own
+    groups, the rest (voken rows, frozen SD parts) in the root; the full state dict after ``steps``."""
+    set_rank_env(rank, world_size, port)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    module = tiny_module()
+    model = module.model
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    for layer in model.llm.model.layers:
+        fully_shard(layer)
+    fully_shard(model.mapper)
+    fully_shard(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable)
+
+    def step_fn(batch, step):
+        optimizer.zero_grad()
+        sample_losses(module, batch, step, rank, world_size).backward()
+        optimizer.step()
+
+    run_steps(step_fn, module, rank, world_size, steps)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    local = sum(p.to_local().numel() for p in trainable)  # this rank's shards of the trainable weights
+    if rank == 0:
+        requires_grad = {n for n, p in model.named_parameters() if p.requires_grad}
+        torch.save({"trainable": {f"model.{k}": v for k, v in full.items() if k in requires_grad},
+                    "frozen_before": frozen_before,
+                    "frozen_after": {k: v for k, v in full.items() if k in frozen_before}},
+                   Path(out) / "fsdp2.pt")
+    torch.save({"local_trainable_numel": local, "all_sharded": all(hasattr(p, "to_local") for p in model.parameters())},
+               Path(out) / f"fsdp2_rank{rank}.pt")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -88,3 +88,20 @@ def test_export_names_what_is_wrong(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(FileNotFoundError, match="without a 'latest' file"):
         export_trainable(tmp_path / "folder", tmp_path / "w.safetensors")
+
+
+@pytest.mark.slow
+def test_fsdp2_full_trainable_state_dict_matches_one_process(reference, tmp_path):
+    mp.spawn(dist_workers.fsdp2_worker, args=(2, dist_workers.free_port(), STEPS, str(tmp_path)), nprocs=2)
+    result = torch.load(tmp_path / "fsdp2.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"fsdp2_rank{r}.pt", weights_only=False) for r in range(2)]
+    assert all(r["all_sharded"] for r in ranks)
+    # Each rank holds about half of the trainable weights; together all of them.
+    numel = sum(v.numel() for v in reference.values())
+    assert sum(r["local_trainable_numel"] for r in ranks) == numel
+    assert max(r["local_trainable_numel"] for r in ranks) < 0.6 * numel
+    # Frozen weights did not move; the gathered trainable ones equal one process on the whole batch.
+    assert result["frozen_after"].keys() == result["frozen_before"].keys()
+    assert all(torch.equal(result["frozen_after"][k], result["frozen_before"][k]) for k in result["frozen_before"])
+    assert_close_weights(result["trainable"], reference)
+    assert not torch.equal(result["trainable"]["model.mapper.out.weight"], dist_workers.tiny_module().state_dict()["model.mapper.out.weight"])
