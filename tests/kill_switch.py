@@ -1,8 +1,12 @@
-"""A callback that ends the process abruptly, like a preempted job (used by test_train)."""
+"""Callbacks that end the process abruptly, like a preempted job (used by the training tests)."""
 
+import io
 import os
 
+import torch
 from lightning.pytorch import Callback
+
+_torch_save = torch.save
 
 
 class KillAtStep(Callback):
@@ -14,3 +18,24 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os._exit(17)
+
+
+class KillDuringSave(Callback):
+    """Dies half-way through writing the checkpoint saved after optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Checkpoint callbacks run after this one, so their save meets the patched torch.save.
+        if trainer.global_step == self.step:
+            torch.save = _write_half_then_die
+
+
+def _write_half_then_die(obj, f, *args, **kwargs) -> None:
+    buffer = io.BytesIO()
+    _torch_save(obj, buffer, *args, **kwargs)
+    data = buffer.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os._exit(17)
