@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_models.module import MiniGPT5Module
+from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
 from minigpt5.builders import WeightsNotFoundError
 
@@ -92,6 +93,8 @@ def run_lightning(model_class: type[LightningModule], args: Optional[list[str]] 
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        # Always on; a no-op unless SLURMEnvironment(auto_requeue=True) installed a handler.
+        trainer_defaults={"callbacks": [RequeueAtStepBoundary()]},
         args=args,
     )
 

@@ -2,6 +2,7 @@
 
 import io
 import os
+import signal
 
 import torch
 from lightning.pytorch import Callback
@@ -39,3 +40,15 @@ def _write_half_then_die(obj, f, *args, **kwargs) -> None:
     f.write(data[: len(data) // 2])
     f.flush()
     os._exit(17)
+
+
+class SignalAtStep(Callback):
+    """Sends ``signum`` (default SIGUSR1, SLURM's warning) to this process mid-step, before
+    the backward pass of optimizer step ``step``, as SLURM would at an arbitrary moment."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGUSR1)) -> None:
+        self.step, self.signum = step, signum
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
