@@ -93,7 +93,7 @@ def test_checkpoint_holds_trainable_weights_logs_and_samples(shards, tmp_path):
     assert set(ckpt["state_dict"]) == trainable
     assert all(k.startswith(("model.vokens.", "model.mapper.")) for k in trainable)
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
-    assert ckpt["CC3MDataModule"]["stream_positions"][0]["batches"] == 2  # where the data stream resumes
+    assert ckpt["CC3MDataModule"]["stream_position"]["batches"] == 2  # where the data stream resumes
     assert list(root.glob("events.out.tfevents.*")), "no TensorBoard events in the run directory"
     assert (root / "samples" / "step_000002.png").is_file()
 
