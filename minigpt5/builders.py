@@ -28,6 +28,7 @@ from transformers import (
 
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
+from minigpt5.randomness import Generators
 from minigpt5.tokenizer import build_tiny_tokenizer
 from minigpt5.vision import IMAGE_TOKEN, VisionTower
 from minigpt5.vokens import add_voken_tokens
@@ -45,7 +46,7 @@ class PixelSpace(nn.Module):
     scaling_factor = 1.0
     downsample_factor = 1
 
-    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return pixels
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ class VAELatents(nn.Module):
         # One parameter is enough; diffusers' own .dtype walks every submodule.
         return next(self.vae.parameters()).dtype
 
-    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         dist = self.vae.encode(pixels.to(self.dtype)).latent_dist
         return dist.sample(generator) * self.scaling_factor
 
