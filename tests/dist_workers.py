@@ -54,16 +54,11 @@ def rank_slice(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> di
 
 
 def sample_losses(module, batch: dict[str, torch.Tensor], step: int, rank: int, world_size: int) -> torch.Tensor:
-    """Mean loss of this rank's samples with noise drawn per global sample (seed = step, sample),
-    so any split of the global batch over ranks draws the same noise for each sample."""
+    """Mean loss of this rank's samples, each sample's noise drawn from its own generator
+    (seed = step, global sample index), so any split of the global batch draws the same."""
     per = len(CAPTIONS) // world_size
-    losses = []
-    for i in range(per):
-        sample = rank * per + i
-        one = {k: v[i:i + 1] for k, v in batch.items()}
-        generator = torch.Generator().manual_seed(1000 * step + sample)
-        losses.append(module.model_step(one, generator=generator)[0])
-    return torch.stack(losses).mean()
+    generators = [torch.Generator().manual_seed(1000 * step + rank * per + i) for i in range(per)]
+    return module.model_step(batch, generator=generators)[0]
 
 
 def run_steps(step_fn: Callable[[dict[str, torch.Tensor], int], None], module, rank: int, world_size: int,

@@ -69,7 +69,10 @@ def test_ddp_killed_run_resumed_from_last_matches_uninterrupted(shards_with_bad_
 @pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with_bad_samples, tmp_path):
     # Two stream groups either way: one process reads both (batch 4), or each rank one (batch 2).
-    steps, groups = 4, ["--data.stream_groups=2"]
+    # Adam's step lr * g / (|g| + eps) turns rounding noise into full steps where the true
+    # gradient is zero (e.g. attention key biases, which softmax ignores): a larger eps keeps
+    # such steps small, so the comparison measures the gradients.
+    steps, groups = 4, ["--data.stream_groups=2", "--model.optim.eps=1e-4"]
     single = cli(ddp_args(shards_with_bad_samples, tmp_path / "one", run_config(tmp_path), steps)[: -len(DDP) - 1]
                  + ["--data.batch_size=4"] + groups)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -81,7 +84,5 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with
     init = MiniGPT5Module().state_dict()
     assert one.keys() == two.keys() and len(one) > 0
     for key in one:
-        # All-reduce rounding in near-zero gradients, which Adam divides by |g|, moves a few
-        # weights by a small fraction of a step (the mapper's lr is 1e-2, the others' 1e-3).
-        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
         assert not torch.equal(one[key], init[key]), f"{key} did not train"
