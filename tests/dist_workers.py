@@ -93,7 +93,9 @@ def deepspeed_worker(rank: int, world_size: int, port: int, stage: int, steps: i
         engine.step()
 
     run_steps(step_fn, module, rank, world_size, steps)
-    engine.save_checkpoint(out, tag="checkpoint", exclude_frozen_parameters=True)
+    # As Lightning's DeepSpeedStrategy saves (tag "checkpoint"). Its default keeps the frozen
+    # weights in the file; ZeRO 0 has no record of what trained, so it needs them left out.
+    engine.save_checkpoint(out, tag="checkpoint", exclude_frozen_parameters=stage == 0)
     torch.save({"trainable": trainable_state(module),
                 "optimizer_numel": sum(p.numel() for g in engine.optimizer.param_groups for p in g["params"])},
                Path(out) / f"live_rank{rank}.pt")

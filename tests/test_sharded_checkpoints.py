@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 import dist_workers
+from lit_models.cli import main
 from lit_models.export import export_trainable, trainable_weights
 from lit_models.module import MiniGPT5Module
 
@@ -63,6 +64,10 @@ def test_deepspeed_zero_checkpoint_exports_the_trained_weights(stage, reference,
         assert len(shards) == 2, "ZeRO 2 writes one optimizer shard per rank"
         assert sum(r["optimizer_numel"] for r in live) < 1.01 * numel  # partitions, not copies
 
+    states = torch.load(ckpt / "checkpoint" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    if stage == 2:
+        assert len(states["module"]) > len(trainable_keys), "the ZeRO 2 file should hold frozen weights too"
+
     out = tmp_path / "trainable.safetensors"
     exported = export_trainable(ckpt, out)
     assert_close_weights(exported, live[0]["trainable"])
@@ -76,10 +81,17 @@ def test_export_of_a_lightning_checkpoint_keeps_its_trainable_weights(tmp_path):
     state = {k: v + 1 for k, v in module.state_dict().items() if k in module.trainable_keys()}
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": state, "global_step": 3}, ckpt)
-    exported = export_trainable(ckpt, tmp_path / "w.safetensors")
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "w.safetensors")]) == 0
+    exported = trainable_weights(tmp_path / "w.safetensors")
     assert exported.keys() == state.keys()
     assert all(torch.equal(exported[k], state[k]) for k in state)
-    assert trainable_weights(tmp_path / "w.safetensors").keys() == state.keys()
+
+
+def test_a_deepspeed_checkpoint_without_state_dict_passes_the_key_check():
+    # DeepSpeed restores the weights itself; Lightning hands the module its client state only.
+    MiniGPT5Module().on_load_checkpoint({"global_step": 3})
+    with pytest.raises(KeyError, match="missing"):
+        MiniGPT5Module().on_load_checkpoint({"state_dict": {}})
 
 
 def test_export_names_what_is_wrong(tmp_path):
