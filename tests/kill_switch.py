@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+from typing import Optional
 
 import torch
 from lightning.pytorch import Callback
@@ -44,11 +45,12 @@ def _write_half_then_die(obj, f, *args, **kwargs) -> None:
 
 class SignalAtStep(Callback):
     """Sends ``signum`` (default SIGUSR1, SLURM's warning) to this process mid-step, before
-    the backward pass of optimizer step ``step``, as SLURM would at an arbitrary moment."""
+    the backward pass of optimizer step ``step``, as SLURM would at an arbitrary moment;
+    only on global rank ``rank`` when given (the others must follow)."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGUSR1)) -> None:
-        self.step, self.signum = step, signum
+    def __init__(self, step: int, signum: int = int(signal.SIGUSR1), rank: Optional[int] = None) -> None:
+        self.step, self.signum, self.rank = step, signum, rank
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
