@@ -143,10 +143,11 @@ class InterleavedDataModule(ShardDataModule):
         samples_per_epoch: int = 10000,
         val_samples: Optional[int] = None,
         seed: int = 0,
+        stream_groups: Optional[int] = None,
         model_config: Optional[MiniGPT5Config] = None,
     ) -> None:
         super().__init__(train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch,
-                         val_samples, seed, model_config)
+                         val_samples, seed, stream_groups=stream_groups, model_config=model_config)
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context = targets, context
