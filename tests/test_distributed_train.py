@@ -66,23 +66,35 @@ def test_ddp_killed_run_resumed_from_last_matches_uninterrupted(shards_with_bad_
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
 
 
+def assert_trained_alike(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    init = MiniGPT5Module().state_dict()
+    assert got.keys() == want.keys() and len(want) > 0
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        assert not torch.equal(want[key], init[key]), f"{key} did not train"
+
+
 @pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with_bad_samples, tmp_path):
     # Two stream groups either way: one process reads both (batch 4), or each rank one (batch 2).
     # Adam's step lr * g / (|g| + eps) turns rounding noise into full steps where the true
     # gradient is zero (e.g. attention key biases, which softmax ignores): a larger eps keeps
     # such steps small, so the comparison measures the gradients.
-    steps, groups = 4, ["--data.stream_groups=2", "--model.optim.eps=1e-4"]
-    single = cli(ddp_args(shards_with_bad_samples, tmp_path / "one", run_config(tmp_path), steps)[: -len(DDP) - 1]
-                 + ["--data.batch_size=4"] + groups)
+    steps, kill_at, groups = 4, 2, ["--data.stream_groups=2", "--model.optim.eps=1e-4"]
+
+    def one_process(root: Path, overlay: str) -> list[str]:
+        return fit_args(SyntheticShards(train=shards_with_bad_samples, val=None), root, overlay, steps) + groups
+
+    single = cli(one_process(tmp_path / "one", run_config(tmp_path)))
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = cli(ddp_args(shards_with_bad_samples, tmp_path / "two", run_config(tmp_path), steps) + groups)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-
     one = trainable_weights(tmp_path / "one" / "checkpoints" / "last.ckpt")
-    two = trainable_weights(tmp_path / "two" / "checkpoints" / "last.ckpt")
-    init = MiniGPT5Module().state_dict()
-    assert one.keys() == two.keys() and len(one) > 0
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
-        assert not torch.equal(one[key], init[key]), f"{key} did not train"
+    assert_trained_alike(trainable_weights(tmp_path / "two" / "checkpoints" / "last.ckpt"), one)
+
+    # The same groups resume on another world size: 2 ranks preempted, 1 process carries on.
+    killed = cli(ddp_args(shards_with_bad_samples, tmp_path / "moved", run_config(tmp_path, kill_at), steps) + groups)
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    resumed = cli(one_process(tmp_path / "moved", run_config(tmp_path)) + ["--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_trained_alike(trainable_weights(tmp_path / "moved" / "checkpoints" / "last.ckpt"), one)
