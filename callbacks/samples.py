@@ -41,11 +41,13 @@ class SampleGrid(Callback):
         self.seed = seed
         self.dirpath = dirpath
         self.last_path: Optional[Path] = None
+        self._samples_dir: Optional[Path] = None  # resolved in setup, on every rank
         self._last_step = -1  # the global step of the last grid, so no step logs twice
 
-    def _dir(self, trainer: Trainer) -> Path:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a broadcast under DDP: every rank must ask, not only rank 0 when it draws.
         root = self.dirpath or trainer.log_dir or trainer.default_root_dir
-        return Path(root) / "samples"
+        self._samples_dir = Path(root) / "samples"
 
     @torch.no_grad()
     def grid(self, pl_module: LightningModule) -> torch.Tensor:
@@ -70,7 +72,9 @@ class SampleGrid(Callback):
         logger = trainer.logger
         if logger is not None and hasattr(logger.experiment, "add_image"):
             logger.experiment.add_image("samples/cfg", grid, step)
-        path = self._dir(trainer) / f"step_{step:06d}.png"
+        if self._samples_dir is None:
+            raise RuntimeError("SampleGrid.log_grid needs the trainer's setup first (it resolves the samples folder)")
+        path = self._samples_dir / f"step_{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         to_pil_images(grid.unsqueeze(0) * 2 - 1)[0].save(path)
         self.last_path = path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict
 from typing import Any, Optional, Union
@@ -53,18 +54,25 @@ class ShardDataModule(LightningDataModule):
         samples_per_epoch: int = 10000,
         val_samples: Optional[int] = None,
         seed: int = 0,
+        stream_groups: Optional[int] = None,
         model_config: Optional[MiniGPT5Config] = None,
         latents: LatentMode = "auto",
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
     ) -> None:
-        """``model_config`` is linked from ``model.config`` by the CLI; None means the tiny default."""
+        """``stream_groups``: independent training streams, split evenly over ranks (None: one
+        per rank). Runs with the same value and global batch see the same samples per step at
+        any world size that divides it, and resume across such world sizes; it must divide
+        ``batch_size`` per rank. ``model_config`` is linked from ``model.config`` by the CLI;
+        None means the tiny default."""
         super().__init__()
-        if batch_size < 1 or samples_per_epoch < 1 or num_workers < 0 or (val_samples is not None and val_samples < 1):
+        if (batch_size < 1 or samples_per_epoch < 1 or num_workers < 0 or (val_samples is not None and val_samples < 1)
+                or (stream_groups is not None and stream_groups < 1)):
             raise ValueError(
-                "need batch_size >= 1, samples_per_epoch >= 1, num_workers >= 0 and val_samples >= 1 or None; "
-                f"got {batch_size}, {samples_per_epoch}, {num_workers}, {val_samples}"
+                "need batch_size >= 1, samples_per_epoch >= 1, num_workers >= 0, val_samples >= 1 or None and "
+                f"stream_groups >= 1 or None; got {batch_size}, {samples_per_epoch}, {num_workers}, {val_samples}, "
+                f"{stream_groups}"
             )
         if latents not in LATENT_MODES:
             raise ValueError(f"data.latents must be one of {', '.join(LATENT_MODES)}; got {latents!r}")
@@ -78,6 +86,7 @@ class ShardDataModule(LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.val_samples = val_samples
         self.seed = seed
+        self.stream_groups = stream_groups
         self.model_config = model_config or MiniGPT5Config()
         self.latents = latents
         self.prefetch_factor = prefetch_factor
@@ -107,10 +116,22 @@ class ShardDataModule(LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _groups(self) -> tuple[int, list[int]]:
+        """(number of stream groups, the groups this rank reads)."""
+        rank, world_size = self._rank_and_world()
+        total = self.stream_groups or world_size
+        if total % world_size or self.batch_size % (total // world_size):
+            raise ValueError(
+                f"data.stream_groups={total} must be a multiple of the world size {world_size}, and "
+                f"data.batch_size={self.batch_size} a multiple of the groups per rank ({total}/{world_size})"
+            )
+        per_rank = total // world_size
+        return total, list(range(rank * per_rank, (rank + 1) * per_rank))
+
     def train_dataloader(self) -> EpochLoader:
         if self.encoder is None or not self.train_urls:
             raise RuntimeError("call setup('fit') before train_dataloader()")
-        rank, world_size = self._rank_and_world()
+        _, world_size = self._rank_and_world()
         num_batches = batches_per_worker(self.samples_per_epoch, self.batch_size, world_size, self.num_workers)
         dataset = ResumableStream(
             self.train_urls,
@@ -122,7 +143,7 @@ class ShardDataModule(LightningDataModule):
             num_streams=max(1, self.num_workers),
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
-            rank=rank,
+            groups=self._groups()[1],
         )
         return EpochLoader(dataset, self.num_workers, self._start_epoch, **self.loader_options(self.num_workers))
 
@@ -143,15 +164,34 @@ class ShardDataModule(LightningDataModule):
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         position = batch.pop(POSITION_KEY, None)
         if position is not None:
-            self.position.advance(*(int(v) for v in position))
+            self.position.advance(position.tolist())
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stream_position": asdict(self.position)}
+        """The stream position of every group. Each rank knows only its own groups, and
+        Lightning writes rank 0's copy, so the ranks gather theirs (a collective: Lightning
+        builds the checkpoint on every rank)."""
+        _, world_size = self._rank_and_world()
+        position = copy.deepcopy(self.position)
+        if world_size > 1:
+            positions: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(positions, self.position)
+            for other in positions:
+                position.merge(other)
+        return {"stream_position": asdict(position), "stream_groups": self._groups()[0]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = self._groups()[0]
+        if state_dict["stream_groups"] != groups:
+            raise ValueError(
+                f"the checkpoint's data stream has {state_dict['stream_groups']} stream groups but this run has "
+                f"{groups} (data.stream_groups, or the world size when unset): exact resumption needs the same "
+                f"number; set --data.stream_groups={state_dict['stream_groups']} (a multiple of the world size) "
+                "or start a new run from the weights with --model.init_from=<checkpoint>"
+            )
         saved = state_dict["stream_position"]
-        self.position = StreamPosition(saved["epoch"], saved["batches"], {int(k): v for k, v in saved["raw"].items()})
+        raw = {int(g): {int(k): v for k, v in streams.items()} for g, streams in saved["raw"].items()}
+        self.position = StreamPosition(saved["epoch"], saved["batches"], raw)
 
     def val_dataloader(self) -> Union[wds.WebLoader, list]:
         if not self.val_urls:

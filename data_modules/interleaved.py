@@ -172,15 +172,18 @@ class InterleavedDataModule(ShardDataModule):
         samples_per_epoch: int = 10000,
         val_samples: Optional[int] = None,
         seed: int = 0,
+        stream_groups: Optional[int] = None,
         model_config: Optional[MiniGPT5Config] = None,
         latents: LatentMode = "auto",
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
     ) -> None:
-        super().__init__(train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch,
-                         val_samples, seed, model_config, latents, prefetch_factor, pin_memory,
-                         persistent_val_workers)
+        super().__init__(
+            train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch, val_samples, seed,
+            stream_groups=stream_groups, model_config=model_config, latents=latents, prefetch_factor=prefetch_factor,
+            pin_memory=pin_memory, persistent_val_workers=persistent_val_workers,
+        )
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context = targets, context

@@ -1,24 +1,30 @@
 """A deterministic, resumable training stream over shards.
 
-Each rank runs ``W = max(1, num_workers)`` logical streams. Logical stream ``L`` of a
-rank draws shards with replacement and shuffles samples with generators seeded by
-(seed, epoch, rank, L), so its content is a pure function of those four numbers.
-The DataLoader hands out batches round-robin over workers, so global batch ``j`` of
-an epoch is batch ``j // W`` of logical stream ``j % W``.
+The data is ``G`` independent *stream groups* (``G`` = the world size unless set); each
+rank reads ``G / world_size`` of them and builds every batch from an equal share of each.
+Because a group's content does not depend on which rank reads it, runs with the same
+``G`` and global batch see the same samples at each step whatever their world size (one
+process with batch 4 over groups 0 and 1 = two ranks with batch 2, one group each).
+
+Each rank runs ``W = max(1, num_workers)`` logical streams per group. Logical stream
+``L`` of group ``g`` draws shards with replacement and shuffles samples with generators
+seeded by (seed, epoch, g, L), so its content is a pure function of those four numbers.
+The DataLoader hands out batches round-robin over workers, so global batch ``j`` of an
+epoch is batch ``j // W`` of logical stream ``j % W`` of each group.
 
 Every batch carries its position (:data:`POSITION_KEY`): epoch, global batch index,
-logical stream and the raw samples that stream has read. After a restart the data
-module passes back the position of the last batch the training loop consumed; worker
-``w`` then plays logical stream ``(w + k) % W`` (``k`` batches consumed), skips the raw
-samples that stream already read (before decoding) and carries on, so batch ``k`` is
-the next one delivered, exactly as in an uninterrupted run.
+logical stream and, per group, the raw samples that stream has read. After a restart
+the data module passes back the position of the last batch the training loop consumed;
+worker ``w`` then plays logical stream ``(w + k) % W`` (``k`` batches consumed), skips
+the raw samples that stream already read (before decoding) and carries on, so batch
+``k`` is the next one delivered, exactly as in an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -29,18 +35,28 @@ POSITION_KEY = "__stream_position__"
 
 @dataclass
 class StreamPosition:
-    """How far one epoch of a rank's stream has been consumed."""
+    """How far one epoch of the stream groups has been consumed."""
 
     epoch: int = 0
     batches: int = 0  # global batches consumed this epoch
-    raw: dict[int, int] = field(default_factory=dict)  # logical stream -> raw samples read
+    raw: dict[int, dict[int, int]] = field(default_factory=dict)  # group -> logical stream -> raw samples read
 
-    def advance(self, epoch: int, batch_index: int, stream: int, raw: int) -> None:
-        """Record that global batch ``batch_index`` of ``epoch`` was consumed."""
+    def advance(self, position: Sequence[int]) -> None:
+        """Record that the batch whose :data:`POSITION_KEY` is ``position`` was consumed:
+        (epoch, global batch index, logical stream, then group and raw count per group)."""
+        epoch, batch_index, stream, *per_group = (int(v) for v in position)
         if epoch != self.epoch:
             self.epoch, self.raw = epoch, {}
         self.batches = batch_index + 1
-        self.raw[stream] = raw
+        for group, raw in zip(per_group[::2], per_group[1::2]):
+            self.raw.setdefault(group, {})[stream] = raw
+
+    def merge(self, other: "StreamPosition") -> None:
+        """Take the groups ``other`` (another rank's position at the same step) has read."""
+        if (other.epoch, other.batches) != (self.epoch, self.batches):
+            raise ValueError(f"ranks disagree on the stream position: {self} vs {other}")
+        for group, streams in other.raw.items():
+            self.raw.setdefault(group, {}).update(streams)
 
 
 def buffered_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -58,11 +74,12 @@ def buffered_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> I
 
 
 class ResumableStream(IterableDataset):
-    """Endless shard stream of one rank -> ``num_batches`` batches per logical stream and epoch.
+    """The stream groups ``groups`` of one rank -> ``num_batches`` batches per logical stream and epoch.
 
     ``encode`` turns a raw sample into a list of model inputs or raises; ``on_error(exc)``
     returns True to skip the sample (it counts and logs) or re-raises. ``collate`` builds
-    batches of at least ``batch_size`` inputs (a sample's inputs are never split).
+    batches of at least ``batch_size`` inputs, ``batch_size / len(groups)`` from each
+    group in order (a sample's inputs are never split).
     """
 
     def __init__(
@@ -77,24 +94,26 @@ class ResumableStream(IterableDataset):
         num_streams: int,
         shuffle_buffer: int,
         seed: int,
-        rank: int,
+        groups: Sequence[int],
     ) -> None:
         super().__init__()
+        if not groups or batch_size % len(groups):
+            raise ValueError(f"batch_size {batch_size} must split evenly over the rank's stream groups {list(groups)}")
         self.urls = urls
         self.encode, self.collate, self.on_error = encode, collate, on_error
         self.batch_size, self.num_batches, self.num_streams = batch_size, num_batches, num_streams
-        self.shuffle_buffer, self.seed, self.rank = shuffle_buffer, seed, rank
+        self.shuffle_buffer, self.seed, self.groups = shuffle_buffer, seed, list(groups)
         self.epoch = 0
         self.resume: Optional[StreamPosition] = None
 
-    def _rng(self, stream: int, purpose: str) -> random.Random:
-        return random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{stream}/{purpose}")
+    def _rng(self, group: int, stream: int, purpose: str) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{group}/{stream}/{purpose}")
 
-    def raw_samples(self, stream: int) -> Iterator[dict[str, Any]]:
-        """The shuffled, undecoded samples of one logical stream (endless)."""
-        shard_rng = self._rng(stream, "shards")
+    def raw_samples(self, group: int, stream: int) -> Iterator[dict[str, Any]]:
+        """The shuffled, undecoded samples of one logical stream of a group (endless)."""
+        shard_rng = self._rng(group, stream, "shards")
         shards = ({"url": shard_rng.choice(self.urls)} for _ in iter(int, 1))
-        return buffered_shuffle(tarfile_samples(shards), self.shuffle_buffer, self._rng(stream, "shuffle"))
+        return buffered_shuffle(tarfile_samples(shards), self.shuffle_buffer, self._rng(group, stream, "shuffle"))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -103,21 +122,26 @@ class ResumableStream(IterableDataset):
         stream = (worker + done) % self.num_streams
         # Batches of this logical stream already consumed: global indices j < done with j % W == stream.
         produced = max(0, -(-(done - stream) // self.num_streams))
-        raw_read = self.resume.raw.get(stream, 0) if done else 0
-        samples = self.raw_samples(stream)
-        for _ in range(raw_read):
-            next(samples)
+        raw_read = {g: self.resume.raw.get(g, {}).get(stream, 0) if done else 0 for g in self.groups}
+        samples = {g: self.raw_samples(g, stream) for g in self.groups}
+        for g in self.groups:
+            for _ in range(raw_read[g]):
+                next(samples[g])
+        share = self.batch_size // len(self.groups)
         for i in range(produced, self.num_batches):
             batch: list[Any] = []
-            while len(batch) < self.batch_size:
-                sample = next(samples)
-                raw_read += 1
-                try:
-                    batch.extend(self.encode(sample))
-                except Exception as exc:  # on_error logs, counts and skips, or re-raises
-                    self.on_error(exc)
+            for g in self.groups:
+                start = len(batch)
+                while len(batch) - start < share:
+                    sample = next(samples[g])
+                    raw_read[g] += 1
+                    try:
+                        batch.extend(self.encode(sample))
+                    except Exception as exc:  # on_error logs, counts and skips, or re-raises
+                        self.on_error(exc)
             out = self.collate(batch)
-            out[POSITION_KEY] = torch.tensor([self.epoch, i * self.num_streams + stream, stream, raw_read])
+            per_group = [v for g in self.groups for v in (g, raw_read[g])]
+            out[POSITION_KEY] = torch.tensor([self.epoch, i * self.num_streams + stream, stream, *per_group])
             yield out
 
 

@@ -5,20 +5,25 @@
   minigpt5 data cc3m|synthetic ...                            shard converters
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
   minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
+  minigpt5 export --ckpt last.ckpt --out trainable.safetensors  consolidated trainable weights
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_models.module import MiniGPT5Module
+from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
 from minigpt5.builders import WeightsNotFoundError
 
@@ -39,6 +44,28 @@ _EXPECTED_WARNINGS = (
 )
 
 
+ATOMIC_IO = "lit_models.checkpoint_io.AtomicCheckpointIO"
+
+
+def _is_checkpoint_io(plugin: Any) -> bool:
+    """Whether a parsed ``trainer.plugins`` entry (class_path namespace or instance) is a CheckpointIO."""
+    if isinstance(plugin, CheckpointIO):
+        return True
+    if not isinstance(plugin, Namespace) or "class_path" not in plugin:
+        return False
+    module, _, name = plugin.class_path.rpartition(".")
+    return issubclass(getattr(importlib.import_module(module), name), CheckpointIO)
+
+
+def with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """``trainer.plugins`` plus :class:`~lit_models.checkpoint_io.AtomicCheckpointIO` unless a
+    CheckpointIO is already configured (a config may name its own)."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+    if not any(_is_checkpoint_io(p) for p in plugins):
+        plugins.append(Namespace(class_path=ATOMIC_IO, init_args=Namespace()))
+    return plugins
+
+
 def silence_expected_warnings() -> None:
     for pattern in _EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -54,6 +81,7 @@ class MiniGPT5CLI(LightningCLI):
         # An empty TensorBoard save_dir means the run directory, so one flag
         # (--trainer.default_root_dir) moves checkpoints, events and samples together.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        config.trainer.plugins = with_atomic_checkpoints(config.trainer.plugins)
         logger = config.trainer.logger
         if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and not logger.init_args.save_dir:
             logger.init_args.save_dir = config.trainer.default_root_dir or "."
@@ -73,6 +101,8 @@ def run_lightning(
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        # Always on; a no-op unless SLURMEnvironment(auto_requeue=True) installed a handler.
+        trainer_defaults={"callbacks": [RequeueAtStepBoundary()]},
         args=args,
     )
 
@@ -87,6 +117,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lit_models.eval_cli import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from lit_models.export import main as export_main
+
+        return export_main(argv[1:])
     if argv[:1] == ["generate"]:
         from lit_models.generate_cli import main as generate_main
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
 
+from lit_models.export import trainable_weights
 from lit_models.optim import OptimConfig, build_optimizer
 from minigpt5.config import MiniGPT5Config
-from minigpt5.model import MiniGPT5
+from minigpt5.losses import IGNORE_INDEX
+from minigpt5.model import MiniGPT5, target_count
+from minigpt5.randomness import Generators
 
 MAPPER_PREFIX = "model.mapper."
 log = logging.getLogger(__name__)
@@ -45,10 +49,13 @@ class MiniGPT5Module(LightningModule):
 
     # ---- steps ----
 
-    def model_step(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def model_step(
+        self, batch: dict[str, Any], generator: Generators = None, text_scale: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total (text loss times ``text_scale`` if given) and the unscaled named losses."""
         out = self.model(batch, generator=generator)
-        total = out.total(self.config.loss)
-        return total, out.named()
+        scaled = out if text_scale is None else replace(out, text=out.text * text_scale)
+        return scaled.total(self.config.loss), out.named()
 
     def _log_losses(self, stage: str, total: torch.Tensor, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         on_step = stage == "train"
@@ -56,21 +63,41 @@ class MiniGPT5Module(LightningModule):
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
 
-    def step_seed(self, batch_idx: int) -> int:
-        """A seed fixed by (run seed, optimizer step, micro-batch, rank).
-
-        Noise, timesteps, guidance dropout and dropout are drawn from it, so a run
-        resumed from a checkpoint draws exactly what the uninterrupted run drew.
-        """
+    def micro_step(self, batch_idx: int) -> int:
+        """Index of this micro-batch in the run (optimizer step x accumulation + position)."""
         accumulate = self.trainer.accumulate_grad_batches
-        micro = self.global_step * accumulate + batch_idx % accumulate
-        return (self.base_seed * 1_000_003 + micro * self.trainer.world_size + self.global_rank) % 2**63
+        return self.global_step * accumulate + batch_idx % accumulate
+
+    def step_seed(self, batch_idx: int) -> int:
+        """A seed fixed by (run seed, micro-batch, rank), for the global RNG (dropout)."""
+        return (self.base_seed * 1_000_003 + self.micro_step(batch_idx) * self.trainer.world_size + self.global_rank) % 2**63
+
+    def sample_generators(self, batch_idx: int, offset: int, count: int) -> list[torch.Generator]:
+        """One generator per target image, seeded by (run seed, micro-batch, the image's
+        index in the global batch): noise, timesteps, guidance dropout and VAE sampling of an
+        image do not depend on how the global batch is split over ranks."""
+        base = (self.base_seed * 1_000_003 + self.micro_step(batch_idx)) * 1_000_033
+        return [torch.Generator(device=self.device).manual_seed((base + offset + i) % 2**63) for i in range(count)]
+
+    def rank_shares(self, batch: dict[str, Any]) -> tuple[int, Optional[torch.Tensor]]:
+        """(this rank's first target-image index in the global batch, its share of the text
+        tokens times the world size). DDP averages gradients over ranks, so a rank's text loss
+        (a mean over its tokens) times that share makes the sum a mean over all tokens."""
+        images = target_count(batch)
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        if self.trainer.world_size == 1:
+            return 0, None
+        counts = self.all_gather(torch.stack([torch.tensor(images, device=self.device), tokens]))  # (world, 2)
+        offset = int(counts[: self.global_rank, 0].sum())
+        return offset, tokens * self.trainer.world_size / counts[:, 1].sum().clamp(min=1)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         torch.manual_seed(self.step_seed(batch_idx))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        total, losses = self.model_step(batch)
+        offset, text_share = self.rank_shares(batch)
+        generators = self.sample_generators(batch_idx, offset, target_count(batch))
+        total, losses = self.model_step(batch, generators, text_share)
         if not torch.isfinite(total):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
@@ -100,12 +127,15 @@ class MiniGPT5Module(LightningModule):
     def load_weights_from(self, path: str) -> list[str]:
         """Load every tensor of checkpoint ``path`` (its trainable weights) into this module.
 
+        ``path``: a Lightning checkpoint, a DeepSpeed checkpoint folder or a
+        ``minigpt5 export`` safetensors file.
+
         Stage 2 starts from stage 1 this way: the voken rows and mapper come from the
         checkpoint; what stage 1 did not have (adapter, input projection) keeps its
         initialisation and is returned. A key this model lacks or a shape mismatch is an error.
         """
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+            state = trainable_weights(path)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"init_from checkpoint '{path}' does not exist") from err
         own = self.state_dict()
@@ -139,6 +169,8 @@ class MiniGPT5Module(LightningModule):
             return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a DeepSpeed checkpoint: the engine restored the weights itself
         saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()
         if saved != expected:
             missing, extra = sorted(expected - saved), sorted(saved - expected)

@@ -36,6 +36,7 @@ from transformers import (
 from minigpt5.architectures import architecture_source
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
+from minigpt5.randomness import Generators
 from minigpt5.tokenizer import build_tiny_tokenizer
 from minigpt5.vision import IMAGE_TOKEN, VisionTower
 from minigpt5.vokens import add_voken_tokens
@@ -65,7 +66,7 @@ class PixelSpace(nn.Module):
     downsample_factor = 1
     channels = 3
 
-    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return pixels
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -97,11 +98,11 @@ class VAELatents(nn.Module):
         """Pixels (N, 3, H, W) in [-1, 1] -> the encoder's mean and log-variance (N, 2c, h, w), float32."""
         return self.vae.encode(pixels.to(self.dtype)).latent_dist.parameters.float()
 
-    def sample(self, moments: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, moments: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Moments (N, 2c, h, w) -> one latent draw (N, c, h, w) times the scaling factor."""
         return DiagonalGaussianDistribution(moments.float()).sample(generator) * self.scaling_factor
 
-    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return self.sample(self.moments(pixels), generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

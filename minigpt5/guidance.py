@@ -8,17 +8,17 @@ import torch
 from diffusers import SchedulerMixin
 
 from minigpt5.losses import Denoiser
+from minigpt5.randomness import Generators, draw
 
 
-def drop_features(
-    features: torch.Tensor, p: float, generator: Optional[torch.Generator] = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def drop_features(features: torch.Tensor, p: float, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero each sample's voken features (N, n, D) with probability ``p``.
 
-    Returns the features and the boolean drop mask (N,). The null conditioning is
+    ``generator``: one for the batch or one per sample. Returns the features and the
+    boolean drop mask (N,). The null conditioning is
     therefore mapper(zeros), exactly what guided sampling uses as unconditional.
     """
-    dropped = torch.rand(features.shape[0], generator=generator, device=features.device) < p  # (N,)
+    dropped = draw(torch.rand, (features.shape[0],), generator, device=features.device) < p  # (N,)
     return features.masked_fill(dropped[:, None, None], 0.0), dropped
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from diffusers import SchedulerMixin
+
+from minigpt5.randomness import Generators, draw
 
 IGNORE_INDEX = -100
 
@@ -55,20 +58,20 @@ def ldm_loss(
     noise: Optional[torch.Tensor] = None,
     timesteps: Optional[torch.Tensor] = None,
     min_snr_gamma: Optional[float] = 5.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Latent-diffusion MSE for latents (N, c, h, w) under conditioning (N, Q, C).
 
-    Noise and timesteps are drawn when not given. With ``min_snr_gamma`` each sample is
+    Noise and timesteps are drawn when not given (from ``generator``, one for the batch
+    or one per sample). With ``min_snr_gamma`` each sample is
     weighted by min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v-prediction).
     """
     n = latents.shape[0]
     if noise is None:
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = draw(torch.randn, latents.shape, generator, device=latents.device, dtype=latents.dtype)
     if timesteps is None:
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=latents.device
-        )
+        randint = partial(torch.randint, 0, scheduler.config.num_train_timesteps)
+        timesteps = draw(randint, (n,), generator, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = diffusion_target(scheduler, latents, noise, timesteps)
     pred = denoiser(noisy, timesteps, conditioning)

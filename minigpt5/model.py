@@ -17,6 +17,7 @@ from minigpt5.guidance import drop_features, sample_latents
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
+from minigpt5.randomness import Generators
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
 from minigpt5.vision import IMAGE_TOKEN
 from minigpt5.vokens import VokenRows
@@ -224,12 +225,12 @@ class MiniGPT5(nn.Module):
         return self.unet(noisy.to(self.unet_dtype), timesteps, encoder_hidden_states=cond.to(self.unet_dtype)).sample
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode_images(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Target pixels (N, 3, H, W) in [-1, 1] -> scaled latents (N, c, h, w)."""
         return self.latents.encode(pixels, generator).float()
 
     @torch.no_grad()
-    def target_latents(self, batch: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def target_latents(self, batch: dict[str, torch.Tensor], generator: Generators = None) -> torch.Tensor:
         """The batch's targets as scaled latents (N, c, h, w), from cached moments where given.
 
         Cached targets skip the VAE encoder; the rest are encoded now. All N moments are
@@ -278,7 +279,9 @@ class MiniGPT5(nn.Module):
 
     # ---- training ----
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> MiniGPT5Output:
+    def forward(self, batch: dict[str, torch.Tensor], generator: Generators = None) -> MiniGPT5Output:
+        """Named losses of ``batch``. ``generator``: one for the batch's random draws (noise,
+        timesteps, guidance dropout, VAE sampling), or one per target image."""
         logits, hidden = self.llm_forward(batch["input_ids"], batch["attention_mask"], batch.get("input_pixels"))
         loss_text = text_loss(logits, batch["labels"])
         features = self.voken_features(batch["input_ids"], hidden)  # (N, n, D)

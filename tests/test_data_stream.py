@@ -1,4 +1,4 @@
-"""The deterministic, resumable training stream: content fixed by seed/epoch/rank, exact resume."""
+"""The deterministic, resumable training stream: content fixed by seed/epoch/group, exact resume."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ def encode(sample: dict[str, Any]) -> list[str]:
     return [sample["__key__"]]
 
 
-def stream(urls, *, workers: int = 2, rank: int = 0, seed: int = 0, counter=None) -> ResumableStream:
+def stream(urls, *, workers: int = 2, group: int = 0, seed: int = 0, counter=None) -> ResumableStream:
     return ResumableStream(urls, encode=encode, collate=lambda keys: {"keys": keys},
                            on_error=counter or SampleCounter(), batch_size=3, num_batches=4,
-                           num_streams=max(1, workers), shuffle_buffer=5, seed=seed, rank=rank)
+                           num_streams=max(1, workers), shuffle_buffer=5, seed=seed, groups=[group])
 
 
 def epoch(dataset: ResumableStream, workers: int, epoch_index: int = 0, resume=None) -> list[dict]:
@@ -51,13 +51,13 @@ def test_buffered_shuffle_is_a_permutation_fixed_by_the_seed():
     assert a == b and sorted(a) == list(range(50)) and a != list(range(50))
 
 
-def test_epoch_content_is_fixed_by_seed_and_epoch_and_differs_by_rank(tmp_path):
+def test_epoch_content_is_fixed_by_seed_and_epoch_and_differs_by_group(tmp_path):
     urls = write_keyed_shards(tmp_path)
     first = keys(epoch(stream(urls), 2))
     assert len(first) == 8 and all(len(k) == 3 for k in first)
     assert keys(epoch(stream(urls), 2)) == first
     assert keys(epoch(stream(urls), 2, epoch_index=1)) != first
-    assert keys(epoch(stream(urls, rank=1), 2)) != first
+    assert keys(epoch(stream(urls, group=1), 2)) != first
     assert keys(epoch(stream(urls, seed=5), 2)) != first
 
 
@@ -67,7 +67,7 @@ def test_resume_continues_exactly_where_the_consumer_stopped(tmp_path, workers, 
     full = epoch(stream(urls, workers=workers), workers)
     position = StreamPosition()
     for batch in full[:consumed]:
-        position.advance(*(int(v) for v in batch[POSITION_KEY]))
+        position.advance(batch[POSITION_KEY].tolist())
     assert position.batches == consumed
     rest = epoch(stream(urls, workers=workers), workers, resume=position)
     assert keys(rest) == keys(full[consumed:])
@@ -77,7 +77,7 @@ def test_resume_continues_exactly_where_the_consumer_stopped(tmp_path, workers, 
 def test_resume_position_of_another_epoch_is_ignored(tmp_path):
     urls = write_keyed_shards(tmp_path)
     full = epoch(stream(urls), 2, epoch_index=1)
-    stale = StreamPosition(epoch=0, batches=5, raw={0: 9, 1: 6})
+    stale = StreamPosition(epoch=0, batches=5, raw={0: {0: 9, 1: 6}})
     assert keys(epoch(stream(urls), 2, epoch_index=1, resume=stale)) == keys(full)
 
 
@@ -87,3 +87,34 @@ def test_bad_samples_are_counted_and_skipped(tmp_path):
     batches = epoch(stream(urls, workers=0, counter=counter), 0)
     assert all("0000" not in k and "0005" not in k for b in keys(batches) for k in b)
     assert counter.bad > 0
+
+
+def test_one_rank_over_two_groups_sees_what_two_ranks_see_together(tmp_path):
+    urls = write_keyed_shards(tmp_path, bad=frozenset({2, 7, 13, 21}))
+
+    def grouped(groups, batch_size):
+        return ResumableStream(urls, encode=encode, collate=lambda keys: {"keys": keys}, on_error=SampleCounter(),
+                               batch_size=batch_size, num_batches=4, num_streams=2, shuffle_buffer=5, seed=0,
+                               groups=groups)
+
+    both = keys(epoch(grouped([0, 1], 6), 2))
+    rank0, rank1 = keys(epoch(grouped([0], 3), 2)), keys(epoch(grouped([1], 3), 2))
+    assert both == [a + b for a, b in zip(rank0, rank1)]
+    assert rank0 != rank1
+
+    # Resuming the single process from positions gathered from the two ranks.
+    full = epoch(grouped([0, 1], 6), 2)
+    position = StreamPosition()
+    for batch in epoch(grouped([0], 3), 2)[:3]:
+        position.advance(batch[POSITION_KEY].tolist())
+    other = StreamPosition()
+    for batch in epoch(grouped([1], 3), 2)[:3]:
+        other.advance(batch[POSITION_KEY].tolist())
+    position.merge(other)
+    assert keys(epoch(grouped([0, 1], 6), 2, resume=position)) == keys(full[3:])
+
+
+def test_groups_must_split_the_batch():
+    with pytest.raises(ValueError, match="batch_size 3 must split evenly"):
+        ResumableStream([], encode=encode, collate=dict, on_error=SampleCounter(), batch_size=3, num_batches=1,
+                        num_streams=1, shuffle_buffer=1, seed=0, groups=[0, 1])

@@ -102,8 +102,8 @@ def test_non_finite_loss_stops_training_before_any_checkpoint(shards, tmp_path, 
     calls = {"n": 0}
     original = MiniGPT5Module.model_step
 
-    def poisoned(self, batch, generator=None):
-        total, losses = original(self, batch, generator)
+    def poisoned(self, batch, generator=None, text_scale=None):
+        total, losses = original(self, batch, generator, text_scale)
         calls["n"] += 1
         if calls["n"] == 3:
             total = total * float("nan")

@@ -1,0 +1,60 @@
+"""Atomic checkpoint files: a kill while saving never leaves a corrupt ``last.ckpt``.
+
+Lightning's default ``TorchCheckpointIO`` serialises into memory and lets fsspec write
+a temporary file in the *system* temp directory, then ``shutil.move`` it over the
+target. When ``$TMPDIR`` and the run directory are on different file systems (node-local
+``/tmp``, checkpoints on a shared file system: the usual cluster layout) that move is a
+copy straight into the target, so a kill during the copy corrupts it, and nothing is
+fsynced, so a node crash right after the rename can leave an empty file.
+
+:class:`AtomicCheckpointIO` writes a temporary file beside the target, fsyncs it,
+``os.replace``\\ s it over the target (atomic on POSIX within one file system) and fsyncs
+the directory. Remote URLs (``s3://`` ...) keep Lightning's behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+TEMP_SUFFIX = ".partial"
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save(obj, path)`` through a fsynced temporary file in the same directory."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)  # left by a save that was killed
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves are atomic and durable (see the module doc)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+        protocol = get_filesystem(path).protocol
+        if storage_options is not None or "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)

@@ -1,0 +1,100 @@
+"""Two-process DDP training through the CLI on CPU (gloo): exact resumption per rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_modules.synthetic import SyntheticShards, synthetic_samples
+from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
+from lit_models.module import MiniGPT5Module
+from test_train import cli, fit_args, run_config, trainable_weights
+
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+def with_bad_samples(samples, every: int):
+    """``samples`` with an undecodable JPEG in every ``every``-th sample (it is skipped and counted)."""
+    for index, sample in enumerate(samples):
+        if index % every == every - 1:
+            sample = {**sample, "jpg": b"not a jpeg"}
+        yield sample
+
+
+@pytest.fixture(scope="module")
+def shards_with_bad_samples(tmp_path_factory) -> str:
+    """64 caption/image samples in 4 shards, every 3rd one corrupt.
+
+    The ranks read different stream groups, so they meet the corrupt samples at different
+    times and their positions (raw samples read) differ: rank 1's position, which rank 0
+    does not know, must come back from the checkpoint.
+    """
+    pattern = str(tmp_path_factory.mktemp("bad") / f"train-{SHARD_NUMBER}.tar")
+    paths = write_shards(pattern, with_bad_samples(synthetic_samples(64, 16, seed=0), every=3), shard_size=16)
+    return brace_spec(pattern, len(paths))
+
+
+def ddp_args(train: str, root: Path, overlay: str, steps: int) -> list[str]:
+    return fit_args(SyntheticShards(train=train, val=None), root, overlay, steps) + DDP + ["--data.batch_size=2"]
+
+
+@pytest.mark.slow
+def test_ddp_killed_run_resumed_from_last_matches_uninterrupted(shards_with_bad_samples, tmp_path):
+    # Per rank: 2 workers x 4 batches = 8 batches an epoch; the kill after step 5 is mid-epoch.
+    steps, kill_at = 7, 5
+    straight = cli(ddp_args(shards_with_bad_samples, tmp_path / "a", run_config(tmp_path), steps))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path, kill_at), steps))
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == kill_at
+    position = ckpt["CC3MDataModule"]["stream_position"]
+    assert position["batches"] == kill_at and sorted(position["raw"]) == [0, 1]  # both ranks' groups
+    assert position["raw"][0] != position["raw"][1], "test needs ranks whose positions differ"
+
+    resumed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path), steps) + ["--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = trainable_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    b = trainable_weights(last)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def assert_trained_alike(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    init = MiniGPT5Module().state_dict()
+    assert got.keys() == want.keys() and len(want) > 0
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        assert not torch.equal(want[key], init[key]), f"{key} did not train"
+
+
+@pytest.mark.slow
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with_bad_samples, tmp_path):
+    # Two stream groups either way: one process reads both (batch 4), or each rank one (batch 2).
+    # Adam's step lr * g / (|g| + eps) turns rounding noise into full steps where the true
+    # gradient is zero (e.g. attention key biases, which softmax ignores): a larger eps keeps
+    # such steps small, so the comparison measures the gradients.
+    steps, kill_at, groups = 4, 2, ["--data.stream_groups=2", "--model.optim.eps=1e-4"]
+
+    def one_process(root: Path, overlay: str) -> list[str]:
+        return fit_args(SyntheticShards(train=shards_with_bad_samples, val=None), root, overlay, steps) + groups
+
+    single = cli(one_process(tmp_path / "one", run_config(tmp_path)))
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = cli(ddp_args(shards_with_bad_samples, tmp_path / "two", run_config(tmp_path), steps) + groups)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = trainable_weights(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    assert_trained_alike(trainable_weights(tmp_path / "two" / "checkpoints" / "last.ckpt"), one)
+
+    # The same groups resume on another world size: 2 ranks preempted, 1 process carries on.
+    killed = cli(ddp_args(shards_with_bad_samples, tmp_path / "moved", run_config(tmp_path, kill_at), steps) + groups)
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    resumed = cli(one_process(tmp_path / "moved", run_config(tmp_path)) + ["--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_trained_alike(trainable_weights(tmp_path / "moved" / "checkpoints" / "last.ckpt"), one)
