@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,21 @@ def fit_args(shards, root: Path, overlay: str, steps: int) -> list[str]:
                    "--data.samples_per_epoch=32", "--data.shuffle_buffer=16", "--model.optim.warmup_steps=2"]
 
 
-def cli(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lit_models.cli", "fit", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+def cli(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
+    """``minigpt5 fit`` in a subprocess. A run stuck past ``timeout`` (a few times its normal
+    time on a loaded machine) gets SIGABRT, so every process of it (DDP ranks included)
+    prints its Python stacks through faulthandler, and the test fails showing them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    command = [sys.executable, "-m", "lit_models.cli", "fit", *args]
+    with subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)
+            out, err = proc.communicate()
+            pytest.fail(f"`minigpt5 fit` did not finish in {timeout} s; stacks at SIGABRT:\n{err[-12000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def trainable_weights(ckpt: Path) -> dict[str, torch.Tensor]:
