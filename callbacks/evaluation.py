@@ -6,7 +6,6 @@ import logging
 import numbers
 from typing import Optional
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
@@ -86,10 +85,8 @@ class EvaluationCallback(Callback):
         if self._extractors is None:
             self._extractors = (tiny_extractors() if self.extractor_kind == "tiny"
                                 else load_extractors(protocol, self.paths))
+        self._extractors.to(pl_module.device)
         model = pl_module.model
-        for module in vars(self._extractors).values():
-            if isinstance(module, torch.nn.Module):
-                module.to(pl_module.device)
         system = MiniGPT5System(model, self.gen, context="text" if model.vision is None else self.context)
         was_training = model.training
         model.eval()

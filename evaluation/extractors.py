@@ -11,7 +11,7 @@ works and are labelled as such in every results table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,13 @@ class Extractors:
     clip_processor: Any = None
     clip_name: str = ""
     sentence: Optional[SentenceEncoder] = None
+
+    def to(self, device: Union[str, torch.device]) -> "Extractors":
+        """Move every network to ``device`` (in place); returns self."""
+        for value in vars(self).values():
+            if isinstance(value, nn.Module):
+                value.to(device)
+        return self
 
 
 @dataclass

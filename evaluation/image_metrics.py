@@ -124,11 +124,16 @@ def clean_fid(
     ``extractor`` maps (N, 3, 299, 299) float images in [0, 255] to (N, d) features, e.g.
     clean-fid's Inception from :func:`load_cleanfid_inception`.
     """
-    from cleanfid.fid import fid_from_feats
-
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated")
-    return float(fid_from_feats(cleanfid_features(real, extractor, batch_size), cleanfid_features(fake, extractor, batch_size)))
+    return clean_fid_from_features(cleanfid_features(real, extractor, batch_size), cleanfid_features(fake, extractor, batch_size))
+
+
+def clean_fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """clean-fid's FID of two (N, d) feature sets (its statistics and Fréchet distance)."""
+    from cleanfid.fid import fid_from_feats
+
+    return float(fid_from_feats(real, fake))
 
 
 # ---- IS ----

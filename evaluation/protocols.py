@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from evaluation.extractors import Extractors
 from evaluation.image_metrics import (
+    clean_fid_from_features,
     cleanfid_features,
     clip_image_embeddings,
     clip_text_embeddings,
@@ -149,13 +150,11 @@ class ImageScores:
         if n < 2:
             raise ValueError(f"image metrics need at least 2 scored items, got {n}")
         f = {k: torch.cat(v) for k, v in self._feats.items()}
-        from cleanfid.fid import fid_from_feats
-
         is_mean, is_std = inception_score(f["is_logits"], splits=is_splits(n))
         out: dict[str, Any] = {
             "items": n,
             "fid": fid(f["fid_real"], f["fid_fake"]),
-            "clean_fid": float(fid_from_feats(f["clean_real"].numpy(), f["clean_fake"].numpy())),
+            "clean_fid": clean_fid_from_features(f["clean_real"].numpy(), f["clean_fake"].numpy()),
             "is": is_mean,
             "is_std": is_std,
             "clip_i": float(f["clip_i"].mean()),

@@ -28,7 +28,7 @@ from data_modules.interleaved import Context, InterleavedEncoder
 from data_modules.shards import SampleCounter
 from evaluation.items import EvalItem
 from minigpt5.config import ConfigError
-from minigpt5.generate import GenerationConfig, generate_from_ids
+from minigpt5.generate import GenerationConfig, generate_from_ids, generation_settings
 from minigpt5.images import to_pil_images
 from minigpt5.model import MiniGPT5
 from minigpt5.sequences import tokenize_for_text_encoder
@@ -66,12 +66,7 @@ class MiniGPT5System:
 
     @property
     def settings(self) -> dict[str, object]:
-        g = self.model.cfg.guidance
-        out = dataclasses.asdict(self.gen)
-        out["guidance_scale"] = g.scale if self.gen.guidance_scale is None else self.gen.guidance_scale
-        out["num_inference_steps"] = self.gen.num_inference_steps or g.num_inference_steps
-        out["context"] = self.context
-        return out
+        return {**generation_settings(self.model, self.gen), "context": self.context}
 
     @torch.no_grad()
     def draw(self, item: EvalItem) -> Image.Image:

@@ -97,12 +97,8 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.protocol == "mmdialog" and "sd2" in args.systems:
         raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
-    extractors = tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)
+    extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
-    for extractor in (extractors.fid_features, extractors.is_logits, extractors.cleanfid_features, extractors.clip,
-                      extractors.sentence):
-        if extractor is not None:
-            extractor.to(args.device)
     resolution = model.cfg.diffusion.resolution
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

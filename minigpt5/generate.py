@@ -289,7 +289,8 @@ def choose_token(
 
 # ---- the loop ----
 
-def _settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, Any]:
+def generation_settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, Any]:
+    """``cfg`` as a dict, with the model's guidance scale and step count filled in where unset."""
     settings = asdict(cfg)
     g = model.cfg.guidance
     settings["guidance_scale"] = g.scale if cfg.guidance_scale is None else cfg.guidance_scale
@@ -324,7 +325,7 @@ def generate_from_ids(
     images) and the tower-normalised pixels (M, 3, S, S) of those runs, e.g. a stage-2
     training context. ``prompt`` and ``images`` are only recorded in the result."""
     cfg = cfg or GenerationConfig()
-    settings = _settings(model, cfg)
+    settings = generation_settings(model, cfg)
     images = list(images or [])
     tok = model.tokenizer
     vokens = list(model.voken_ids)
