@@ -10,7 +10,7 @@ import torch
 from data_modules.synthetic import SyntheticShards, synthetic_samples
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
 from lit_models.module import MiniGPT5Module
-from test_train import cli, fit_args, run_config, trainable_weights
+from test_train import cli, fit_args, kill_resume_and_compare, run_config, trainable_weights
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 
@@ -43,27 +43,13 @@ def ddp_args(train: str, root: Path, overlay: str, steps: int) -> list[str]:
 @pytest.mark.slow
 def test_ddp_killed_run_resumed_from_last_matches_uninterrupted(shards_with_bad_samples, tmp_path):
     # Per rank: 2 workers x 4 batches = 8 batches an epoch; the kill after step 5 is mid-epoch.
-    steps, kill_at = 7, 5
-    straight = cli(ddp_args(shards_with_bad_samples, tmp_path / "a", run_config(tmp_path), steps))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    killed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path, kill_at), steps))
-    assert killed.returncode == 17, killed.stderr[-3000:]
-    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == kill_at
+    kill_at = 5
+    _, ckpt = kill_resume_and_compare(
+        lambda root, overlay: ddp_args(shards_with_bad_samples, root, overlay, 7), tmp_path, kill_at
+    )
     position = ckpt["CC3MDataModule"]["stream_position"]
     assert position["batches"] == kill_at and sorted(position["raw"]) == [0, 1]  # both ranks' groups
     assert position["raw"][0] != position["raw"][1], "test needs ranks whose positions differ"
-
-    resumed = cli(ddp_args(shards_with_bad_samples, tmp_path / "b", run_config(tmp_path), steps) + ["--ckpt_path=last"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    a = trainable_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
-    b = trainable_weights(last)
-    assert a.keys() == b.keys() and len(a) > 0
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
 
 
 def assert_trained_alike(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:

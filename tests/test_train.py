@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -69,19 +70,22 @@ def trainable_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-@pytest.mark.slow
-def test_killed_run_resumed_from_last_matches_uninterrupted(shards, tmp_path):
-    # 8 batches per epoch from 2 workers: the kill after step 5 lands mid-epoch, on an odd batch.
-    steps, kill_at = 7, 5
-    straight = cli(fit_args(shards, tmp_path / "a", run_config(tmp_path), steps))
+def kill_resume_and_compare(
+    make_args: Callable[[Path, str], list[str]], tmp_path: Path, kill_at: int
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Run ``make_args(root, overlay)`` uninterrupted, and again killed after step ``kill_at``
+    then resumed with ``--ckpt_path last``; assert both end with bit-identical trainable
+    weights. Returns those weights and the checkpoint the killed run left."""
+    straight = cli(make_args(tmp_path / "a", run_config(tmp_path)))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = cli(fit_args(shards, tmp_path / "b", run_config(tmp_path, kill_at), steps))
+    killed = cli(make_args(tmp_path / "b", run_config(tmp_path, kill_at)))
     assert killed.returncode == 17, killed.stderr[-3000:]
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == kill_at
+    at_kill = torch.load(last, map_location="cpu", weights_only=False)
+    assert at_kill["global_step"] == kill_at
 
-    resumed = cli(fit_args(shards, tmp_path / "b", run_config(tmp_path), steps) + ["--ckpt_path=last"])
+    resumed = cli(make_args(tmp_path / "b", run_config(tmp_path)) + ["--ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = trainable_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
@@ -89,6 +93,13 @@ def test_killed_run_resumed_from_last_matches_uninterrupted(shards, tmp_path):
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    return a, at_kill
+
+
+@pytest.mark.slow
+def test_killed_run_resumed_from_last_matches_uninterrupted(shards, tmp_path):
+    # 8 batches per epoch from 2 workers: the kill after step 5 lands mid-epoch, on an odd batch.
+    a, _ = kill_resume_and_compare(lambda root, overlay: fit_args(shards, root, overlay, 7), tmp_path, kill_at=5)
     # The run trained: weights moved away from their initial values.
     init = MiniGPT5Module().state_dict()
     assert not torch.equal(a["model.vokens.input_rows"], init["model.vokens.input_rows"])
