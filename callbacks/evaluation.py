@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
 from evaluation.items import detect_protocol, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.report import is_fraction
 from evaluation.systems import MiniGPT5System
 from minigpt5.generate import GenerationConfig
 
@@ -23,7 +24,8 @@ class EvaluationCallback(Callback):
     log the protocol's metrics (``eval/<metric>``) and a grid (ground truth above generated).
 
     ``shards`` defaults to the DataModule's ``val_shards`` and ``protocol`` is read from them
-    (pairs: cc3m, stories: vist, dialogues: mmdialog). Runs on global rank 0 only, so it
+    (pairs: cc3m, stories: vist, dialogues: mmdialog; the synthetic world's stories and
+    dialogues: synthetic-vist, synthetic-dialog, scored by its rules). Runs on global rank 0 only, so it
     suits DDP; under FSDP or ZeRO-3, whose weights are sharded, evaluate checkpoints with
     ``minigpt5 eval`` instead. ``extractors="tiny"`` uses random small networks (offline
     runs, tests): their numbers only show the pipeline works.
@@ -100,7 +102,8 @@ class EvaluationCallback(Callback):
         self._log(trainer, run, model.cfg.diffusion.resolution)
 
     def _log(self, trainer: Trainer, run: Run, resolution: int) -> None:
-        metrics = {f"eval/{k}": float(v) for k, v in run.metrics.items()
+        values = {k: v["value"] if is_fraction(v) else v for k, v in run.metrics.items()}
+        metrics = {f"eval/{k}": float(v) for k, v in values.items()
                    if isinstance(v, numbers.Number) and not isinstance(v, bool)}
         log.info("evaluation at step %d: %s", trainer.global_step, metrics)
         if trainer.logger is None:

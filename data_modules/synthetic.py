@@ -15,17 +15,9 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_modules.world import COLOURS, SHAPES, Split, WorldTurn, dialogue_in, stories_in, story_turns
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 20, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 70, 220),
-    "yellow": (240, 220, 30),
-    "purple": (130, 40, 170),
-    "orange": (250, 140, 20),
-}
-SHAPES = ("circle", "square", "triangle")
 WHITE = (255, 255, 255)
 
 
@@ -60,13 +52,18 @@ def draw_shape(colour: str, shape: str, size: int, rng: np.random.Generator) -> 
     return image
 
 
+def shape_jpeg(colour: str, shape: str, size: int, rng: np.random.Generator) -> bytes:
+    """The JPEG bytes of one drawn ``colour`` ``shape`` (placement from ``rng``)."""
+    buffer = io.BytesIO()
+    draw_shape(colour, shape, size, rng).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def random_shape(size: int, rng: np.random.Generator) -> tuple[str, str, bytes]:
     """A random colour and shape, and its JPEG bytes."""
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
-    buffer = io.BytesIO()
-    draw_shape(colour, shape, size, rng).save(buffer, format="JPEG", quality=95)
-    return colour, shape, buffer.getvalue()
+    return colour, shape, shape_jpeg(colour, shape, size, rng)
 
 
 def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -82,82 +79,100 @@ def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]
         }
 
 
-STORY_WORDS = ("first", "then", "next", "later", "finally")
+def _draw_turns(sample: dict[str, Any], turns: list[WorldTurn], size: int, rng: np.random.Generator,
+                names: list[Optional[str]]) -> None:
+    """Draw each turn's picture into ``sample`` under its member name."""
+    for turn, name in zip(turns, names):
+        if turn.has_image:
+            sample[name] = shape_jpeg(turn.colour, turn.shape, size, rng)
 
 
-def synthetic_stories(num: int, size: int, seed: int, steps: int = 3) -> Iterator[dict[str, Any]]:
-    """``num`` stories in the VIST shard layout: steps "first a red circle", "then a blue
-    square", ... each with its picture (``json`` + ``0.jpg`` ..)."""
-    if not 2 <= steps <= len(STORY_WORDS):
-        raise ValueError(f"steps must be in 2..{len(STORY_WORDS)}, got {steps}")
+def synthetic_stories(num: int, size: int, seed: int, split: Split = "train") -> Iterator[dict[str, Any]]:
+    """``num`` stories of ``split`` in the VIST shard layout (``json`` + ``0.jpg`` ..), drawn
+    uniformly from the split's stories (:mod:`data_modules.world`); each step's json
+    carries its rule fields (speaker, colour, shape, scored)."""
     rng = np.random.default_rng(seed)
-    words = STORY_WORDS[: steps - 1] + STORY_WORDS[-1:]
+    keys = stories_in(split)
     for index in range(num):
+        kind, colour, shape = keys[rng.integers(len(keys))]
+        turns = story_turns(kind, colour, shape)
+        names = [f"{step}.jpg" for step in range(len(turns))]
         sample: dict[str, Any] = {"__key__": f"story{index:07d}"}
-        record = []
-        for step, word in enumerate(words):
-            colour, shape, jpeg = random_shape(size, rng)
-            sample[f"{step}.jpg"] = jpeg
-            record.append({"text": f"{word} {caption_for(colour, shape)}", "image": f"{step}.jpg",
-                           "image_id": f"{index}-{step}", "sequence_index": step})
-        sample["json"] = {"story_id": f"synthetic-{index}", "steps": record}
+        _draw_turns(sample, turns, size, rng, names)
+        steps = [{"text": t.text, "image": name, "image_id": f"{index}-{i}", "sequence_index": i, **t.record()}
+                 for i, (t, name) in enumerate(zip(turns, names))]
+        sample["json"] = {"story_id": f"synthetic-{split}-{index}", "world": {"split": split, "kind": kind},
+                          "steps": steps}
         yield sample
 
 
-def synthetic_dialogues(num: int, size: int, seed: int, turns: int = 4) -> Iterator[dict[str, Any]]:
-    """``num`` dialogues in the MMDialog shard layout: a request ("show me a red circle"),
-    then a reply with its picture ("here is a red circle" + image), alternating."""
-    if turns < 2:
-        raise ValueError(f"turns must be >= 2, got {turns}")
+def synthetic_dialogues(
+    num: int, size: int, seed: int, split: Split = "train", turns: int = 4
+) -> Iterator[dict[str, Any]]:
+    """``num`` dialogues of ``split`` in the MMDialog shard layout (``json`` + ``1.0.jpg`` ..):
+    a request and its picture, then rounds of questions answered in words and changes
+    answered with a new picture (:mod:`data_modules.world`)."""
     rng = np.random.default_rng(seed)
     for index in range(num):
+        dialogue = dialogue_in(split, rng, turns)
+        names = [f"{i}.0.jpg" if t.has_image else None for i, t in enumerate(dialogue)]
         sample: dict[str, Any] = {"__key__": f"dialogue{index:07d}"}
-        record = []
-        for turn in range(0, turns, 2):
-            colour, shape, jpeg = random_shape(size, rng)
-            record.append({"text": f"show me {caption_for(colour, shape)}", "images": []})
-            if turn + 1 < turns:
-                sample[f"{turn + 1}.0.jpg"] = jpeg
-                record.append({"text": f"here is {caption_for(colour, shape)}", "images": [f"{turn + 1}.0.jpg"]})
-        sample["json"] = {"conversation_id": f"synthetic-{index}", "turns": record}
+        _draw_turns(sample, dialogue, size, rng, names)
+        record = [{"text": t.text, "images": [name] if name else [], **t.record()} for t, name in zip(dialogue, names)]
+        sample["json"] = {"conversation_id": f"synthetic-{split}-{index}", "world": {"split": split}, "turns": record}
         yield sample
 
 
-LAYOUTS = {"pairs": synthetic_samples, "stories": synthetic_stories, "dialogues": synthetic_dialogues}
+LAYOUTS = ("pairs", "stories", "dialogues")
 
 
 @dataclass
 class SyntheticShards:
-    """Brace specs of the written shards (``val`` is None when no val samples were asked for)."""
+    """Brace specs of the written shards (None for a split with no samples asked for).
+
+    ``hard``: stories or dialogues showing a colour x shape pair held out of stage-2
+    training (:data:`data_modules.world.HARD_PAIRS`); pairs have no hard split.
+    """
 
     train: str
     val: Optional[str]
+    hard: Optional[str] = None
 
 
 def write_synthetic(
     out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500,
-    layout: str = "pairs",
+    layout: str = "pairs", hard_num: int = 0,
 ) -> SyntheticShards:
-    """Write ``train-%06d.tar`` and ``val-%06d.tar`` shards into ``out``; deterministic given ``seed``.
+    """Write ``train-%06d.tar``, ``val-%06d.tar`` and (stories, dialogues) ``hard-%06d.tar``
+    shards into ``out``; deterministic given ``seed``.
 
     ``layout``: "pairs" (CC3M layout), "stories" (3-step shape stories, VIST layout) or
-    "dialogues" (MMDialog layout).
+    "dialogues" (MMDialog layout). For stories and dialogues the splits are the world's
+    (:mod:`data_modules.world`): nothing in ``val`` or ``hard`` occurs in ``train``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    if num < 1 or val_num < 0 or size < 8 or shard_size < 1:
+    if num < 1 or val_num < 0 or hard_num < 0 or size < 8 or shard_size < 1:
         raise ValueError(
-            f"need num >= 1, val_num >= 0, size >= 8, shard_size >= 1; got {num}, {val_num}, {size}, {shard_size}"
+            "need num >= 1, val_num >= 0, hard_num >= 0, size >= 8, shard_size >= 1; "
+            f"got {num}, {val_num}, {hard_num}, {size}, {shard_size}"
         )
+    if layout == "pairs" and hard_num:
+        raise ValueError("image-caption pairs have no hard split (stage 1 uses every colour x shape pair)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = []
-    for split, count, split_seed in (("train", num, seed), ("val", val_num, seed + 1)):
+    for offset, (split, count) in enumerate((("train", num), ("val", val_num), ("hard", hard_num))):
         pattern = str(out / f"{split}-{SHARD_NUMBER}.tar")
-        samples = LAYOUTS[layout](count, size, split_seed)
-        paths = write_shards(pattern, samples, shard_size)
+        if layout == "pairs":
+            samples = synthetic_samples(count, size, seed + offset)
+        elif layout == "stories":
+            samples = synthetic_stories(count, size, seed + offset, split)
+        else:
+            samples = synthetic_dialogues(count, size, seed + offset, split)
+        paths = write_shards(pattern, samples, shard_size) if count else []
         specs.append(brace_spec(pattern, len(paths)) if paths else None)
-    return SyntheticShards(train=specs[0], val=specs[1])
+    return SyntheticShards(train=specs[0], val=specs[1], hard=specs[2])
 
 
 def dominant_colour(
@@ -178,3 +193,36 @@ def dominant_colour(
     palette = np.array(list(COLOURS.values()), dtype=np.float32)  # (K, 3)
     nearest = np.linalg.norm(coloured[:, None] - palette[None], axis=2).argmin(axis=1)  # (M,)
     return list(COLOURS)[np.bincount(nearest, minlength=len(palette)).argmax()]
+
+
+def _coverage(pixels: np.ndarray, white_distance: float) -> np.ndarray:
+    """How much of each pixel (H, W) a shape covers: 0 on white, 1 at or beyond ``2 * white_distance``
+    from white (edge pixels blended with the white background fall in between)."""
+    distance = np.linalg.norm(pixels - np.array(WHITE, dtype=np.float32), axis=-1)  # (H, W)
+    return np.clip(distance / (2 * white_distance), 0.0, 1.0)
+
+
+def dominant_shape(
+    image: Union[Image.Image, np.ndarray], white_distance: float = 80.0, min_fraction: float = 0.02
+) -> str:
+    """The shape (circle, square, triangle) of the coloured pixels of an RGB image; "none" when
+    fewer than ``min_fraction`` of the pixels are coloured.
+
+    Within the bounding box of the pixels more than half covered (:func:`_coverage`), a triangle
+    puts about a third as much into its top half as into its bottom half (a circle and a
+    square the same), and a square covers the corners of the box (blurred at 16 px to 0.15 or more)
+    where a circle leaves them nearly white (at most 0.07 in 99% of 16 px circles).
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {pixels.shape}")
+    cover = _coverage(pixels, white_distance)  # (H, W)
+    rows, cols = np.nonzero(cover > 0.5)
+    if len(rows) < max(1, min_fraction * cover.size):
+        return "none"
+    box = cover[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]  # (h, w)
+    half = box.shape[0] // 2
+    if box[:half].sum() < 0.6 * box[box.shape[0] - half:].sum():
+        return "triangle"
+    corners = box[[0, 0, -1, -1], [0, -1, 0, -1]]  # (4,)
+    return "square" if corners.mean() > 0.12 else "circle"

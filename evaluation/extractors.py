@@ -23,6 +23,8 @@ PROTOCOL_NEEDS = {
     "cc3m": ("fid", "is", "cleanfid", "clip"),
     "vist": ("fid", "is", "cleanfid", "clip"),
     "mmdialog": ("is", "clip", "sbert"),
+    "synthetic-vist": (),  # scored by the world's rules (evaluation.world_scores): no network
+    "synthetic-dialog": (),
 }
 # The paper's CLIP per protocol: ViT-L/14 for CC3M and VIST, ViT-B/32 for MMDialog.
 DEFAULT_CLIP = {"cc3m": "clip-vit-l-14", "vist": "clip-vit-l-14", "mmdialog": "clip-vit-b-32"}

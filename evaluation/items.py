@@ -6,6 +6,10 @@
   story's last step (``targets="last"``).
 - ``mmdialog``: one item per response turn (every turn after the first, or only the
   last); the dialogue history in, the response's text and images out.
+- ``synthetic-vist``, ``synthetic-dialog``: the synthetic world's stories and dialogues
+  (``minigpt5 data synthetic --stories|--dialogues``), one item per turn its rules
+  score (story steps after the first, assistant replies), each carrying the rule
+  fields of its turns (:mod:`data_modules.world`) for :mod:`evaluation.world_scores`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import webdataset as wds
 from PIL import Image
@@ -23,8 +27,9 @@ from data_modules.shards import BadSample, SampleCounter, decode_sample, expand_
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["cc3m", "vist", "mmdialog"]
-PROTOCOLS = ("cc3m", "vist", "mmdialog")
+Protocol = Literal["cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog"]
+PROTOCOLS = ("cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog")
+WORLD_PROTOCOLS = {"synthetic-vist": "vist", "synthetic-dialog": "mmdialog"}  # and the layout each reads
 
 
 @dataclass
@@ -36,10 +41,21 @@ class EvalItem:
     text: str  # the target turn's text (CC3M: the caption)
     images: list[Image.Image]  # the target turn's ground-truth images
     context: list[tuple[str, list[Image.Image]]] = field(default_factory=list)  # earlier turns, oldest first
+    rules: list[dict[str, Any]] = field(default_factory=list)  # synthetic world: rule fields of turns 0..step
+
+
+def world_rules(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rule fields (text, speaker, colour, shape, scored, ...) of each turn of a synthetic
+    world sample; BadSample if the json has none (not written by ``minigpt5 data synthetic``)."""
+    record = json.loads(sample["json"])
+    turns = record.get("steps", record.get("turns", []))
+    if not turns or any("scored" not in turn for turn in turns):
+        raise BadSample(sample, "no synthetic-world rule fields (speaker, scored, ...) in its json")
+    return turns
 
 
 def _targets(protocol: Protocol, num_turns: int, targets: str) -> range:
-    first = 1 if protocol == "mmdialog" else 0  # a response needs a history; a VIST step does not
+    first = 0 if protocol in ("cc3m", "vist") else 1  # a response (or a world turn) needs a history
     return range(num_turns - 1, num_turns) if targets == "last" else range(first, num_turns)
 
 
@@ -55,16 +71,26 @@ def read_items(
     counter = counter or SampleCounter()
     produced = 0
     for sample in wds.WebDataset(expand_shards(shards), shardshuffle=False, empty_check=False):
+        rules: list[dict[str, Any]] = []
         try:
             if protocol == "cc3m":
                 image, caption = decode_sample(sample)
                 turns = [(caption, [image])]
             else:
                 turns = read_turns(sample)
+                if protocol in WORLD_PROTOCOLS:
+                    rules = world_rules(sample)
         except BadSample as err:
             counter(err)
             continue
         for t in _targets(protocol, len(turns), targets):
+            if rules:
+                if rules[t]["scored"]:
+                    yield EvalItem(sample["__key__"], t, turns[t][0], turns[t][1], turns[:t], rules[: t + 1])
+                    produced += 1
+                    if max_items is not None and produced >= max_items:
+                        return
+                continue
             if protocol == "vist" and not turns[t][1]:
                 counter.note_skipped(sample, f"step {t} has no image to generate")
                 continue
@@ -84,10 +110,11 @@ def detect_protocol(shards: str) -> Protocol:
             record = json.loads(sample.get("json", b"{}"))
         except ValueError as err:
             raise ValueError(f"{sample.get('__url__')} sample '{sample.get('__key__')}': unreadable .json: {err}") from err
+        world = "world" in record  # written by `minigpt5 data synthetic`: scored by the world's rules
         if "steps" in record:
-            return "vist"
+            return "synthetic-vist" if world else "vist"
         if "turns" in record:
-            return "mmdialog"
+            return "synthetic-dialog" if world else "mmdialog"
         raise ValueError(f"{sample.get('__url__')} sample '{sample.get('__key__')}' is neither an image-caption pair "
                          "nor a story (steps) nor a dialogue (turns)")
     raise ValueError(f"no samples in {shards}")

@@ -37,8 +37,9 @@ from evaluation.image_metrics import (
     frechet_distance,
     inception_score,
 )
-from evaluation.items import EvalItem
+from evaluation.items import WORLD_PROTOCOLS, EvalItem
 from evaluation.text_metrics import sbert_similarity, text_scores
+from evaluation.world_scores import WorldScores, score_turn
 from minigpt5.images import to_target_tensor
 
 log = logging.getLogger(__name__)
@@ -226,14 +227,23 @@ def run_protocol(
     system: Any, items: Iterable[EvalItem], protocol: str, extractors: Extractors, resolution: int,
     *, keep_examples: int = 8, progress: bool = True, total: Optional[int] = None,
 ) -> Run:
-    """Run ``system`` over ``items`` and score it by ``protocol``'s rules."""
+    """Run ``system`` over ``items`` and score it by ``protocol``'s rules.
+
+    ``mmdialog`` and the synthetic world's protocols need a system that writes (``respond``)."""
+    world = protocol in WORLD_PROTOCOLS
     dialogue = protocol == "mmdialog"
-    if dialogue and not hasattr(system, "respond"):
-        raise ValueError(f"{system.name} cannot write dialogue responses; the mmdialog protocol needs MiniGPT-5")
-    scores = DialogueScores(extractors, resolution) if dialogue else ImageScores(extractors, resolution)
+    if (dialogue or world) and not hasattr(system, "respond"):
+        raise ValueError(f"{system.name} cannot write free responses; the {protocol} protocol needs one that does")
+    if world:
+        scores: Any = WorldScores()
+    else:
+        scores = DialogueScores(extractors, resolution) if dialogue else ImageScores(extractors, resolution)
     examples = []
     for item in tqdm(items, desc=f"{system.name} on {protocol}", total=total, disable=not progress, unit="item"):
-        if dialogue:
+        if world:
+            text, images = system.respond(item)
+            scores.add(score_turn(item.rules, [t for t, _ in item.context], text, images))
+        elif dialogue:
             text, images = system.respond(item)
             scores.add(item, text, images)
         else:
@@ -241,7 +251,7 @@ def run_protocol(
             scores.add(item.group, item.images[0], images[0], item.text)
         if len(examples) < keep_examples:
             examples.append((item, images, text))
-    metrics = scores.result() if dialogue else scores.result(per_group=protocol == "vist")
+    metrics = scores.result() if dialogue or world else scores.result(per_group=protocol == "vist")
     return Run(metrics, examples)
 
 

@@ -19,8 +19,15 @@ import yaml
 # Column order of the markdown table; other keys follow alphabetically.
 METRIC_ORDER = (
     "fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t",
-    "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1", "items",
+    "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1",
+    "text_correct", "image_precision", "image_recall", "image_f1", "colour_right", "shape_right",
+    "colour_from_image", "coherence", "items",
 )
+
+
+def is_fraction(value: Any) -> bool:
+    """A score given as ``{"value", "hits", "count"}`` (the synthetic world's fractions)."""
+    return isinstance(value, dict) and {"value", "hits", "count"} <= set(value)
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -56,6 +63,8 @@ def quoted_rows(path: Union[str, Path], protocol: str) -> list[dict[str, Any]]:
 
 
 def _cell(value: Any) -> str:
+    if is_fraction(value):
+        return f"{_cell(value['value'])} ({value['hits']}/{value['count']})"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
@@ -65,7 +74,8 @@ def _cell(value: Any) -> str:
 
 def markdown_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The results as markdown: what was run, then one table row per result row."""
-    keys = {k for row in rows for k in row["metrics"] if not k.endswith("_std")}
+    keys = {k for row in rows for k, v in row["metrics"].items()
+            if not k.endswith("_std") and (not isinstance(v, dict) or is_fraction(v))}
     columns = [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
     lines = [f"# {header['protocol']} evaluation", ""]
     for name, value in header.items():

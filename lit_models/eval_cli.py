@@ -24,7 +24,7 @@ import torch
 
 from data_modules.shards import SampleCounter
 from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
-from evaluation.items import PROTOCOLS, read_items
+from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline
@@ -49,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["minigpt5"])
     parser.add_argument("--sd2-text", choices=("target", "story"), default="target",
                         help="SD2 baseline prompt: the target step's text, or the whole story so far")
-    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[7.5], help="one row per value")
-    parser.add_argument("--steps", type=int, default=50, help="diffusion (DDIM) steps")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=2.0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--guidance-scale", type=float, nargs="+",
+                        help="one row per value (default: 7.5; synthetic protocols: the model's own)")
+    parser.add_argument("--steps", type=int, help="diffusion (DDIM) steps (default: 50; synthetic: the model's own)")
+    parser.add_argument("--temperature", type=float, help="0 is greedy (default: 1.0; synthetic: 0)")
+    parser.add_argument("--repetition-penalty", type=float, help="default: 2.0; synthetic: 1.0 (off)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: 256; synthetic: 32")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-items", type=int, default=None, help="stop after this many test items")
     parser.add_argument("--extractors", choices=("real", "tiny"), default="real",
@@ -71,7 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_system(name: str, model: Any, args: argparse.Namespace, scale: float) -> Any:
+# Decoding defaults: the paper code's for its protocols; for the synthetic world, whose turns
+# are scored word for word, greedy without a repetition penalty (the rules repeat words:
+# "first a red circle" / "then a red square") and the model's own guidance and steps.
+PAPER_DECODING = {"guidance_scale": [7.5], "steps": 50, "temperature": 1.0, "repetition_penalty": 2.0,
+                  "max_new_tokens": 256}
+WORLD_DECODING = {"guidance_scale": [None], "steps": None, "temperature": 0.0, "repetition_penalty": 1.0,
+                  "max_new_tokens": 32}
+
+
+def with_decoding_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each unset decoding flag at its protocol's default."""
+    defaults = WORLD_DECODING if args.protocol in WORLD_PROTOCOLS else PAPER_DECODING
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def make_system(name: str, model: Any, args: argparse.Namespace, scale: Optional[float]) -> Any:
     if name == "sd2":
         return StableDiffusionBaseline(model, text=args.sd2_text, guidance_scale=scale,
                                        num_inference_steps=args.steps, seed=args.seed)
@@ -94,8 +113,8 @@ def save_samples(run: Run, path: Path, resolution: int) -> Optional[Path]:
 def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     from lit_models.module import MiniGPT5Module
 
-    if args.protocol == "mmdialog" and "sd2" in args.systems:
-        raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
+    if (args.protocol == "mmdialog" or args.protocol in WORLD_PROTOCOLS) and "sd2" in args.systems:
+        raise ConfigError(f"the SD2 baseline writes no text, so it has no {args.protocol} row; drop sd2 from --systems")
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
@@ -110,12 +129,13 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
             items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
             run = run_protocol(system, items, args.protocol, extractors, resolution,
                                progress=not args.no_progress, total=args.max_items)
-            sample_path = save_samples(run, out / f"samples_{name}_g{scale:g}.png", resolution)
+            sample_path = save_samples(run, out / f"samples_{name}_g{system.settings['guidance_scale']:g}.png",
+                                       resolution)
             rows.append({"system": system.name, "kind": "run", "settings": system.settings, "metrics": run.metrics,
                          "samples": str(sample_path) if sample_path else None,
                          "skipped": {"bad_samples": counter.bad, "steps_without_image": counter.skipped},
                          "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text}
-                                      for item, _, text in run.examples if args.protocol == "mmdialog"]})
+                                      for item, _, text in run.examples if args.protocol not in ("cc3m", "vist")]})
     if args.quoted and Path(args.quoted).is_file():
         rows += quoted_rows(args.quoted, args.protocol)
     header = {
@@ -127,13 +147,14 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         "extractors": extractors.kind if extractors.kind == "real"
         else "tiny (random networks: these numbers only check the pipeline)",
         "clip": extractors.clip_name,
+        **({"chance": rows[0]["metrics"]["chance"]} if args.protocol in WORLD_PROTOCOLS and rows else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return write_results(out, header, rows)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = with_decoding_defaults(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         json_path, md_path = evaluate(args)

@@ -10,8 +10,10 @@ text loss, see ``minigpt5.sequences``), and the last-layer hidden states at the
 positions that *predict* the vokens -- the state that produced ``[IMG0]``, then the
 states of ``[IMG0]`` .. ``[IMG{n-2}]``, exactly what :meth:`MiniGPT5.voken_features`
 reads in training -- go through the mapper into guided diffusion. With a vision
-tower, the new image is then read back as context through its ``<ImageHere>`` run,
-as an input image would be, and writing continues until ``</s>`` or the token budget.
+tower, the state after the last voken decides first whether the turn ends (``</s>``, as
+training puts it right after a target's voken block); if not, the new image is read
+back as context through its ``<ImageHere>`` run, as an input image would be, and
+writing continues until ``</s>`` or the token budget.
 
 Everything random (token sampling and the diffusion noise) is drawn from one
 ``torch.Generator`` seeded by :attr:`GenerationConfig.seed`, so a seed fixes the story.
@@ -88,7 +90,8 @@ class GenerationResult:
     sequence: prompt, written tokens, and each image's ``<ImageHere>`` run, with
     ``context_pixels`` (M, 3, S, S) the tower-normalised images of those runs, input
     images first, in order (None without images), so that
-    ``model.llm_forward(sequence_ids[None], mask, context_pixels)`` recomputes the story.
+    ``model.llm_forward(sequence_ids[None], mask, context_pixels)`` recomputes the story (an
+    image after which the turn ended keeps its voken block there: ``</s>`` followed it).
     ``voken_features`` holds the (n, D) features each image was drawn from.
     """
 
@@ -344,7 +347,7 @@ def generate_from_ids(
         drawn: list[Image.Image] = []
         stopped = "max_new_tokens"
         unread: list[int] = []  # a last token written but never fed
-        while len(written) < cfg.max_new_tokens:
+        def pick(logits: torch.Tensor) -> int:
             banned = vokens[1:]  # only [IMG0] opens an image; the rest are appended
             if len(written) < cfg.min_new_tokens and tok.eos_token_id is not None:
                 banned = banned + [tok.eos_token_id]
@@ -354,7 +357,10 @@ def generate_from_ids(
             if cfg.repetition_penalty != 1.0:
                 seen = torch.tensor(sorted({t for t in reader.ids if t < vocab and t not in vokens}), dtype=torch.long,
                                     device=logits.device)
-            token = choose_token(logits, cfg, banned=banned, seen=seen, generator=generator)
+            return choose_token(logits, cfg, banned=banned, seen=seen, generator=generator)
+
+        while len(written) < cfg.max_new_tokens:
+            token = pick(logits)
 
             if token == vokens[0]:
                 before = hidden[-1]  # (D,) the state that produced [IMG0]
@@ -368,8 +374,14 @@ def generate_from_ids(
                 )  # (1, 3, H, W) in [-1, 1]
                 drawn += to_pil_images(image)
                 if model.vision is not None and len(written) < cfg.max_new_tokens:
-                    # The image replaces its voken block in the context, read like an input
-                    # image: the story so far then looks like a stage-2 training context,
+                    # Training ends a target turn with </s> right after its voken block, so whether
+                    # the turn ends is read here, from the state after [IMG{n-1}], as it was taught.
+                    if tok.eos_token_id is not None and pick(logits) == tok.eos_token_id:
+                        written.append(tok.eos_token_id)
+                        stopped, unread = "eos", [tok.eos_token_id]
+                        break
+                    # Otherwise the image replaces its voken block in the context, read like an
+                    # input image: the story so far then looks like a stage-2 training context,
                     # where earlier steps' images are placeholder runs with no vokens.
                     reader.rewind(n)
                     logits, hidden = reader.feed(placeholder_run, normalise_for_tower(image, model.vision.image_size))

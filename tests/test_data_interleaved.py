@@ -13,7 +13,7 @@ from PIL import Image
 from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.interleaved import InterleavedDataModule
-from data_modules.synthetic import colour_of, dominant_colour, write_synthetic
+from data_modules.synthetic import colour_of, dominant_colour, dominant_shape, write_synthetic
 from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5
@@ -92,7 +92,7 @@ def test_batch_trains_the_model(vist_shards):
     assert model.input_projection.weight.grad is not None and model.input_projection.weight.grad.abs().sum() > 0
 
 
-def test_synthetic_stories_read_as_vist_and_name_their_shapes(tmp_path):
+def test_synthetic_stories_read_as_vist_and_show_their_rules(tmp_path):
     shards = write_synthetic(tmp_path, num=6, val_num=0, size=32, seed=1, shard_size=3, layout="stories")
     dm, batches_ = batches(shards.train, targets="all")
     assert sum(b["input_ids"].shape[0] for b in batches_) == 6 * 2  # steps 2 and 3 of each story
@@ -100,4 +100,6 @@ def test_synthetic_stories_read_as_vist_and_name_their_shapes(tmp_path):
         steps = json.loads(sample["json"])["steps"]
         assert [s["text"].split()[0] for s in steps] == ["first", "then", "finally"]
         for step in steps:
-            assert dominant_colour(Image.open(io.BytesIO(sample[step["image"]]))) == colour_of(step["text"])
+            image = Image.open(io.BytesIO(sample[step["image"]]))
+            assert (dominant_colour(image), dominant_shape(image)) == (step["colour"], step["shape"])
+            assert step["shape"] in step["text"]

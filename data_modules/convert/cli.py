@@ -39,13 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = commands.add_parser("synthetic", help="coloured shapes captioned 'a <colour> <shape>'")
     synthetic.add_argument("--out", required=True, help="output folder for train-/val-%%06d.tar shards")
     synthetic.add_argument("--num", type=int, default=2000, help="training samples")
-    synthetic.add_argument("--val-num", type=int, default=200, help="validation samples")
+    synthetic.add_argument("--val-num", type=int, default=200, help="validation samples (held out of training)")
+    synthetic.add_argument("--hard-num", type=int, default=0,
+                           help="stories/dialogues showing a colour x shape pair held out of stage-2 training")
     synthetic.add_argument("--size", type=int, default=64, help="image side in pixels")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--shard-size", type=int, default=500, help="samples per shard")
     layout = synthetic.add_mutually_exclusive_group()
-    layout.add_argument("--stories", action="store_true", help="3-step shape stories (VIST layout) instead of pairs")
-    layout.add_argument("--dialogues", action="store_true", help="4-turn shape dialogues (MMDialog layout)")
+    layout.add_argument("--stories", action="store_true",
+                        help="3-step shape stories built from rules (VIST layout) instead of pairs")
+    layout.add_argument("--dialogues", action="store_true",
+                        help="4-turn shape dialogues built from rules (MMDialog layout)")
 
     latents = commands.add_parser("encode-latents", help="copy shards adding each image's VAE latent (moments)")
     latents.add_argument("--shards", required=True, help="input shards: brace pattern, folder or comma list")
@@ -83,10 +87,11 @@ def main(argv: list[str]) -> int:
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,
-                shard_size=args.shard_size,
+                shard_size=args.shard_size, hard_num=args.hard_num,
                 layout="stories" if args.stories else "dialogues" if args.dialogues else "pairs",
             )
-            print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}")
+            print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}"
+                  + (f"\nhard shards: {shards.hard}" if shards.hard else ""))
     except (FileNotFoundError, ValueError) as err:
         print(f"minigpt5 data {args.command}: error: {err}", file=sys.stderr)
         return 1
