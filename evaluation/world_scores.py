@@ -135,3 +135,19 @@ class WorldScores:
             "chance": {"colour": CHANCE["colour"], "shape": CHANCE["shape"],
                        "image_f1_always": 2 * share / (1 + share) if share else 0.0, "text": 0.0},
         }
+
+
+WORLD_METRICS = ("text_correct", "image_precision", "image_recall", "colour_right", "shape_right",
+                 "colour_from_image", "coherence")
+
+
+def world_summary(metrics: dict[str, Any]) -> str:
+    """One line of a world run's scores: each fraction with its count, the F1 and the chance levels."""
+    parts = []
+    for key in WORLD_METRICS:
+        m = metrics[key]
+        parts.append(f"{key} {m['value']:.2f} ({m['hits']}/{m['count']})" if m["count"] else f"{key} –")
+    chance = metrics["chance"]
+    parts.append(f"image_f1 {metrics['image_f1']:.2f}")
+    return (", ".join(parts) + f"; chance: colour {chance['colour']:.2f}, shape {chance['shape']:.2f}, "
+            f"image_f1 always drawing {chance['image_f1_always']:.2f}")

@@ -28,6 +28,8 @@ from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline
+from evaluation.world_scores import world_summary
+from lit_models.pages import world_examples_html
 from minigpt5.config import ConfigError
 from minigpt5.generate import GenerationConfig
 from minigpt5.images import to_pil_images
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quoted", default="configs/eval/quoted.yaml", help="published figures of GILL, Divter")
     parser.add_argument("--out", default="outputs/eval")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--examples", type=int, default=8,
+                        help="examples kept for samples_*.png (and, synthetic protocols, examples_*.html)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -127,10 +131,14 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
             system = make_system(name, model, args, scale)
             counter = SampleCounter()
             items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
-            run = run_protocol(system, items, args.protocol, extractors, resolution,
+            run = run_protocol(system, items, args.protocol, extractors, resolution, keep_examples=args.examples,
                                progress=not args.no_progress, total=args.max_items)
-            sample_path = save_samples(run, out / f"samples_{name}_g{system.settings['guidance_scale']:g}.png",
-                                       resolution)
+            stem = f"{name}_g{system.settings['guidance_scale']:g}"
+            sample_path = save_samples(run, out / f"samples_{stem}.png", resolution)
+            if args.protocol in WORLD_PROTOCOLS:
+                page = world_examples_html(f"{system.name} on {args.protocol} ({args.shards})", run.examples,
+                                           world_summary(run.metrics))
+                (out / f"examples_{stem}.html").write_text(page, encoding="utf-8")
             rows.append({"system": system.name, "kind": "run", "settings": system.settings, "metrics": run.metrics,
                          "samples": str(sample_path) if sample_path else None,
                          "skipped": {"bad_samples": counter.bad, "steps_without_image": counter.skipped},

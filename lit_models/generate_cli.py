@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from minigpt5.generate import GenerationConfig, check_image_markers, generate, write_outputs
+from lit_models.pages import write_outputs
+from minigpt5.generate import GenerationConfig, check_image_markers, generate
 
 
 def build_parser() -> argparse.ArgumentParser:

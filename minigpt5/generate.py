@@ -21,13 +21,8 @@ Everything random (token sampling and the diffusion noise) is drawn from one
 
 from __future__ import annotations
 
-import base64
-import html
 import inspect
-import io
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
@@ -432,80 +427,3 @@ def _segments(tokenizer: Any, written: list[int], vokens: list[int], images: lis
     if text:
         segments.append(tokenizer.decode(text, skip_special_tokens=True))
     return [s for s in segments if not isinstance(s, str) or s]
-
-
-# ---- writing a result ----
-
-@dataclass
-class OutputPaths:
-    html: Path
-    record: Path
-    images: list[Path] = field(default_factory=list)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _data_uri(image: Image.Image) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png_bytes(image)).decode("ascii")
-
-
-def _text_html(text: str) -> str:
-    return html.escape(text).replace("\n", "<br>\n")
-
-
-def _img_html(image: Image.Image, alt: str) -> str:
-    alt = html.escape(alt)
-    return f'<figure><img src="{_data_uri(image)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
-
-
-_STYLE = """
-body { font-family: sans-serif; max-width: 46em; margin: 2em auto; line-height: 1.5; }
-figure { display: inline-block; margin: 0.5em 0; }
-img { width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }
-figcaption { font-size: 0.8em; color: #666; }
-.prompt { background: #f4f4f4; padding: 0.5em 1em; }
-footer { font-size: 0.8em; color: #666; margin-top: 2em; }
-"""
-
-
-def story_html(result: GenerationResult) -> str:
-    """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
-    prompt_parts: list[str] = []
-    inputs = iter(result.input_images)
-    for i, piece in enumerate(result.prompt.split(IMAGE_MARKER)):
-        if i > 0:
-            prompt_parts.append(_img_html(next(inputs), f"input image {i}"))
-        if piece:
-            prompt_parts.append(_text_html(piece))
-    story: list[str] = []
-    names = iter(result.image_names())
-    for segment in result.segments:
-        story.append(f"<p>{_text_html(segment)}</p>" if isinstance(segment, str) else _img_html(segment, next(names)))
-    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"><title>MiniGPT-5 story</title>',
-        f"<style>{_STYLE}</style></head><body>",
-        '<h2>Prompt</h2><div class="prompt">', *prompt_parts, "</div>",
-        "<h2>Story</h2>", *story,
-        f"<footer>stopped at {html.escape(result.stopped)}; {html.escape(settings)}</footer>",
-        "</body></html>",
-    ])
-
-
-def write_outputs(result: GenerationResult, out_dir: Union[str, Path]) -> OutputPaths:
-    """Write ``image_000.png`` .., ``story.html`` (self-contained) and ``record.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = OutputPaths(html=out / "story.html", record=out / "record.json")
-    for image, name in zip(result.images, result.image_names()):
-        path = out / name
-        path.write_bytes(_png_bytes(image))
-        paths.images.append(path)
-    paths.html.write_text(story_html(result), encoding="utf-8")
-    paths.record.write_text(json.dumps(result.to_record(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return paths

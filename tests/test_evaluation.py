@@ -14,7 +14,7 @@ import torch
 
 from data_modules.synthetic import write_synthetic
 from evaluation.extractors import tiny_extractors
-from evaluation.items import EvalItem, read_items
+from evaluation.items import EvalItem, detect_protocol, read_items
 from evaluation.protocols import run_protocol
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, item_seed
 from lit_models.cli import main
@@ -186,3 +186,24 @@ def test_evaluation_callback_logs_metrics_and_grid_during_fit(data, tmp_path):
         assert point.step == 2 and math.isfinite(point.value)
     assert "eval/samples" in tags["images"]
     assert events.Scalars("eval/items")[0].value == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,protocol,items", [("stories", "synthetic-vist", 4), ("dialogues", "synthetic-dialog", 4)])
+def test_world_protocols_score_free_generation_by_the_rules(stage2_ckpt, data, tmp_path, layout, protocol, items):
+    """Stories: steps 2 and 3 of 2 stories; dialogues: the 2 assistant replies of 2 four-turn dialogues."""
+    out = tmp_path / protocol
+    assert main(["eval", "--ckpt", str(stage2_ckpt), "--protocol", protocol, "--shards", data[layout],
+                 "--steps", STEPS, "--max-new-tokens", "8", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    row = results["rows"][0]
+    settings = row["settings"]
+    assert settings["temperature"] == 0.0 and settings["repetition_penalty"] == 1.0  # the world's decoding
+    assert settings["guidance_scale"] == MiniGPT5Config().guidance.scale  # the model's own
+    metrics = row["metrics"]
+    assert metrics["items"] == items and metrics["text_correct"]["count"] == items
+    assert 0.0 <= metrics["image_f1"] <= 1.0 and results["chance"]["colour"] == pytest.approx(1 / 6)
+    assert "text_correct" in (out / "results.md").read_text()
+    page = (out / f"examples_minigpt5_g{settings['guidance_scale']:g}.html").read_text()
+    assert page.count("<tr>") == items + 1 and "the rules expect" in page
+    assert detect_protocol(data[layout]) == protocol

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from minigpt5.config import GuidanceConfig, MiniGPT5Config, PeftSettings, VisionConfig
-from minigpt5.generate import GenerationConfig, choose_token, encode_prompt, generate, write_outputs
+from lit_models.pages import write_outputs
+from minigpt5.generate import GenerationConfig, choose_token, encode_prompt, generate
 from minigpt5.images import to_target_tensor
 from minigpt5.model import MiniGPT5
 from minigpt5.vision import normalise_for_tower

@@ -1,0 +1,136 @@
+"""HTML pages of generated output: a story from ``minigpt5 generate``, and the synthetic
+world's scored examples from ``minigpt5 eval``. Self-contained (PNG data URIs).
+
+The model package computes; this module presents (it lives beside the CLIs that write files).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from PIL import Image
+
+from evaluation.items import EvalItem
+from evaluation.world_scores import score_turn
+from minigpt5.generate import IMAGE_MARKER, GenerationResult
+
+
+@dataclass
+class OutputPaths:
+    html: Path
+    record: Path
+    images: list[Path] = field(default_factory=list)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_uri(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png_bytes(image)).decode("ascii")
+
+
+def _text_html(text: str) -> str:
+    return html.escape(text).replace("\n", "<br>\n")
+
+
+def _img_html(image: Image.Image, alt: str) -> str:
+    alt = html.escape(alt)
+    return f'<figure><img src="{_data_uri(image)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 46em; margin: 2em auto; line-height: 1.5; }
+figure { display: inline-block; margin: 0.5em 0; }
+img { width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }
+figcaption { font-size: 0.8em; color: #666; }
+.prompt { background: #f4f4f4; padding: 0.5em 1em; }
+footer { font-size: 0.8em; color: #666; margin-top: 2em; }
+"""
+
+
+def story_html(result: GenerationResult) -> str:
+    """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
+    prompt_parts: list[str] = []
+    inputs = iter(result.input_images)
+    for i, piece in enumerate(result.prompt.split(IMAGE_MARKER)):
+        if i > 0:
+            prompt_parts.append(_img_html(next(inputs), f"input image {i}"))
+        if piece:
+            prompt_parts.append(_text_html(piece))
+    story: list[str] = []
+    names = iter(result.image_names())
+    for segment in result.segments:
+        story.append(f"<p>{_text_html(segment)}</p>" if isinstance(segment, str) else _img_html(segment, next(names)))
+    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>MiniGPT-5 story</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        '<h2>Prompt</h2><div class="prompt">', *prompt_parts, "</div>",
+        "<h2>Story</h2>", *story,
+        f"<footer>stopped at {html.escape(result.stopped)}; {html.escape(settings)}</footer>",
+        "</body></html>",
+    ])
+
+
+def write_outputs(result: GenerationResult, out_dir: Union[str, Path]) -> OutputPaths:
+    """Write ``image_000.png`` .., ``story.html`` (self-contained) and ``record.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = OutputPaths(html=out / "story.html", record=out / "record.json")
+    for image, name in zip(result.images, result.image_names()):
+        path = out / name
+        path.write_bytes(_png_bytes(image))
+        paths.images.append(path)
+    paths.html.write_text(story_html(result), encoding="utf-8")
+    paths.record.write_text(json.dumps(result.to_record(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths
+
+
+def _mark(ok: object) -> str:
+    return "–" if ok is None else ("✓" if ok else "✗")
+
+
+def world_examples_html(title: str, examples: list[tuple[EvalItem, list[Image.Image], str]], summary: str) -> str:
+    """A page of scored synthetic-world turns: the context, what the model wrote and drew,
+    what the rules expected, and each score (✓ right, ✗ wrong, – not scored)."""
+    rows = []
+    for item, images, text in examples:
+        score = score_turn(item.rules, [t for t, _ in item.context], text, images)
+        context = " ".join(
+            _text_html(t) + "".join(_img_html(im, "context") for im in ims) for t, ims in item.context
+        )
+        target = item.rules[-1]
+        expected = _text_html(target["text"]) + (
+            f"<br><small>picture: {html.escape(str(target['colour']) if target.get('colour_known', True) else 'any')}"
+            f" {html.escape(str(target['shape']))}</small>" if target.get("shape") else "<br><small>no picture</small>"
+        )
+        written = _text_html(text) + "".join(_img_html(im, "generated") for im in images[:1])
+        marks = (f"text {_mark(score.text_correct)}<br>picture {_mark(score.expected_image == score.produced_image)}"
+                 f"<br>colour {_mark(score.colour_right)}<br>shape {_mark(score.shape_right)}"
+                 f"<br>coherent {_mark(score.coherent)}")
+        rows.append(f"<tr><td>{context}</td><td>{written}</td><td>{expected}</td><td>{marks}</td></tr>")
+    return "\n".join([
+        "<!DOCTYPE html>",
+        f'<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_STYLE}{_TABLE_STYLE}</style></head><body>",
+        f"<h2>{html.escape(title)}</h2>", f'<div class="prompt">{_text_html(summary)}</div>',
+        "<table><tr><th>context</th><th>the model wrote</th><th>the rules expect</th><th>scores</th></tr>",
+        *rows, "</table></body></html>",
+    ])
+
+
+_TABLE_STYLE = """
+table { border-collapse: collapse; margin-top: 1em; }
+td, th { border: 1px solid #ddd; padding: 0.4em; vertical-align: top; text-align: left; }
+td img { width: 64px; }
+"""
