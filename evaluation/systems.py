@@ -12,7 +12,12 @@ vs SD's own text encoder reading the text.
   (MMDialog): text, and images whenever the model emits ``[IMG0]``.
 - :class:`StableDiffusionBaseline` gives the target step's text (``text="target"``)
   or the whole story so far (``text="story"``) straight to SD's text encoder, which
-  keeps the first 77 tokens as the SD pipeline does.
+  keeps the first 77 tokens as the SD pipeline does. In the synthetic world's
+  protocols it "responds" with the reference text and, where the rules have a picture,
+  SD's drawing of it: its text and its decision to draw are given, not its own.
+- :class:`WriteThenDraw` is the paper's two-stage comparison (MiniGPT-4 writes, SD
+  draws): the LLM writes the turn from the earlier turns' text alone (no vokens, no
+  images in), then SD draws the written text; it draws on every turn.
 """
 
 from __future__ import annotations
@@ -118,6 +123,11 @@ class StableDiffusionBaseline:
         return " ".join(t for t in [text for text, _ in item.context] + [item.text] if t)
 
     @torch.no_grad()
+    def respond(self, item: EvalItem) -> tuple[str, list[Image.Image]]:
+        """Synthetic-world protocols: the reference text, and SD's picture of it where the rules draw one."""
+        return item.text, [self.draw(item)] if item.images else []
+
+    @torch.no_grad()
     def draw(self, item: EvalItem) -> Image.Image:
         model = self.model
         length = model.cfg.diffusion.text_max_length
@@ -128,3 +138,24 @@ class StableDiffusionBaseline:
             num_inference_steps=self.num_inference_steps, generator=_generator(model, item_seed(self.seed, item)),
         )
         return to_pil_images(images)[0]
+
+
+class WriteThenDraw:
+    """The LLM writes from the earlier turns' text alone, then SD draws what it wrote (every turn)."""
+
+    name = "LLM text, then SD"
+
+    def __init__(self, model: MiniGPT5, gen: GenerationConfig) -> None:
+        self.writer = MiniGPT5System(model, dataclasses.replace(gen, max_images=0), context="text")
+        settings = self.writer.settings
+        self.painter = StableDiffusionBaseline(model, text="target", guidance_scale=settings["guidance_scale"],
+                                               num_inference_steps=settings["num_inference_steps"], seed=gen.seed)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {**self.writer.settings, "painter": "sd-text-encoder"}
+
+    @torch.no_grad()
+    def respond(self, item: EvalItem) -> tuple[str, list[Image.Image]]:
+        text, _ = self.writer.respond(item)
+        return text, [self.painter.draw(dataclasses.replace(item, text=text))]

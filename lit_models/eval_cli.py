@@ -27,7 +27,7 @@ from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extracto
 from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
-from evaluation.systems import MiniGPT5System, StableDiffusionBaseline
+from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, WriteThenDraw
 from evaluation.world_scores import world_summary
 from lit_models.pages import world_examples_html
 from minigpt5.config import ConfigError
@@ -35,7 +35,7 @@ from minigpt5.generate import GenerationConfig
 from minigpt5.images import to_pil_images
 from minigpt5.loading import WeightsNotFoundError
 
-SYSTEMS = ("minigpt5", "sd2")
+SYSTEMS = ("minigpt5", "sd2", "llm-then-sd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,8 @@ def make_system(name: str, model: Any, args: argparse.Namespace, scale: Optional
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
         guidance_scale=scale, num_inference_steps=args.steps, seed=args.seed,
     )
+    if name == "llm-then-sd":
+        return WriteThenDraw(model, gen)
     return MiniGPT5System(model, gen, context="text" if args.protocol == "cc3m" else args.context)
 
 
@@ -117,8 +119,10 @@ def save_samples(run: Run, path: Path, resolution: int) -> Optional[Path]:
 def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     from lit_models.module import MiniGPT5Module
 
-    if (args.protocol == "mmdialog" or args.protocol in WORLD_PROTOCOLS) and "sd2" in args.systems:
-        raise ConfigError(f"the SD2 baseline writes no text, so it has no {args.protocol} row; drop sd2 from --systems")
+    if args.protocol == "mmdialog" and "sd2" in args.systems:
+        raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
+    if args.protocol not in WORLD_PROTOCOLS and "llm-then-sd" in args.systems:
+        raise ConfigError("the llm-then-sd baseline is scored only by the synthetic world's protocols")
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()

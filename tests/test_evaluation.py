@@ -207,3 +207,14 @@ def test_world_protocols_score_free_generation_by_the_rules(stage2_ckpt, data, t
     page = (out / f"examples_minigpt5_g{settings['guidance_scale']:g}.html").read_text()
     assert page.count("<tr>") == items + 1 and "the rules expect" in page
     assert detect_protocol(data[layout]) == protocol
+
+
+@pytest.mark.slow
+def test_world_baselines_sd_with_the_reference_text_and_llm_then_sd(stage2_ckpt, data, tmp_path):
+    assert main(["eval", "--ckpt", str(stage2_ckpt), "--protocol", "synthetic-dialog", "--shards", data["dialogues"],
+                 "--systems", "sd2", "llm-then-sd", "--steps", STEPS, "--max-new-tokens", "6", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    sd, two_stage = (r["metrics"] for r in json.loads((tmp_path / "results.json").read_text())["rows"])
+    assert sd["text_correct"]["value"] == 1.0  # SD is given the reference text ...
+    assert sd["image_precision"]["value"] == sd["image_recall"]["value"] == 1.0  # ... and draws where the rules do
+    assert two_stage["image_precision"]["count"] == two_stage["items"] == 4  # it draws on every turn
