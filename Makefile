@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: install demo test train-uas train-mls eval bench clean
+.PHONY: install demo reproduce test train-uas train-mls eval bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,25 +18,38 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 2000 --val-num 200
+	$(BIN)/minigpt5 data synthetic --stories --out $(DEMO)/stories --num 800 --val-num 48 --hard-num 48 --shard-size 400
+	$(BIN)/minigpt5 data synthetic --dialogues --out $(DEMO)/dialogues --num 1200 --val-num 60 --hard-num 60 --shard-size 600
 	@echo "== the tiny Stable Diffusion stand-in (the paper downloads SD 2.1; nothing can be downloaded here)"
 	$(BIN)/minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml
-	@echo "== stage 1 (UAS): vokens + feature mapper against the frozen tiny SD"
+	@echo "== the tiny language model stand-in (the paper downloads Vicuna), on the world's training text"
+	$(BIN)/minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml
+	@echo "== stage 1 (UAS): vokens + feature mapper against the frozen tiny SD, under the frozen tiny LM"
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS)
 	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
 		--out $(DEMO)/uas/caption_following.png
-	@echo "== stage 2 (MLS): LoRA + mapper on shape stories, from the stage-1 checkpoint"
-	$(BIN)/minigpt5 data synthetic --stories --out $(DEMO)/stories --num 800 --val-num 32 --shard-size 400
+	@echo "== stage 2 (MLS): LoRA + mapper on the world's stories and dialogues, from the stage-1 checkpoint"
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml \
 		-c configs/model/tiny.yaml -c configs/demo_mls.yaml
-	$(BIN)/minigpt5 generate --ckpt $(DEMO)/mls/checkpoints/last.ckpt --greedy --max-new-tokens 24 --max-images 1 \
-		--prompt "first a red circle then a blue square" --out $(DEMO)/story
+	@echo "== free generation on held-out stories and dialogues, scored by the world's rules"
+	$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-vist \
+		--shards $(DEMO)/stories/val-000000.tar --out $(DEMO)/story --examples 24 --no-progress
+	$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-dialog \
+		--shards $(DEMO)/dialogues/val-000000.tar --out $(DEMO)/dialogue --examples 24 --no-progress
 	@echo
 	@echo "Demo outputs:"
 	@echo "  stage 1 checkpoint: $(DEMO)/uas/checkpoints/last.ckpt"
 	@echo "  stage 1 samples:    $(DEMO)/uas/samples/ and $(DEMO)/uas/caption_following.png"
 	@echo "  stage 2 checkpoint: $(DEMO)/mls/checkpoints/last.ckpt"
-	@echo "  generated story:    $(DEMO)/story/story.html"
+	@echo "  held-out stories:   $(DEMO)/story/results.md and the page $(DEMO)/story/examples_minigpt5_g2.html"
+	@echo "  held-out dialogues: $(DEMO)/dialogue/results.md and $(DEMO)/dialogue/examples_minigpt5_g2.html"
 	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO)"
+
+# The paper's questions in miniature (about 45 minutes on 2 cores): variants trained from the
+# demo's data and stand-ins, scored on the held-out splits -> outputs/reproduce/results.md.
+reproduce: install
+	@test -d $(DEMO)/tiny_lm/model || $(MAKE) demo
+	$(BIN)/minigpt5 reproduce --assets $(DEMO) --out outputs/reproduce $(ARGS)
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -6,6 +6,7 @@
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
   minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
   minigpt5 export --ckpt last.ckpt --out trainable.safetensors  consolidated trainable weights
+  minigpt5 reproduce --assets outputs/demo --out DIR          the paper's questions on the synthetic world
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
@@ -121,6 +122,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lit_models.export import main as export_main
 
         return export_main(argv[1:])
+    if argv[:1] == ["reproduce"]:
+        from lit_models.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
     if argv[:1] == ["generate"]:
         from lit_models.generate_cli import main as generate_main
 
