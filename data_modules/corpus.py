@@ -60,7 +60,7 @@ class DocumentEncoder:
         words = self.tokenizer(document_text(sample), add_special_tokens=False).input_ids
         ids = [self.tokenizer.bos_token_id, *words, self.tokenizer.eos_token_id]
         if len(ids) > self.max_length:
-            self.counter.note_truncated(sample)
+            self.counter.note_truncated(sample, "max_length (model.config.max_positions)")
             ids = ids[: self.max_length]
         return [Example(ids, list(ids))]
 

@@ -111,11 +111,12 @@ class SampleCounter:
             self.skipped, _worker_name(), sample.get("__url__"), sample.get("__key__"), reason,
         )
 
-    def note_truncated(self, sample: dict[str, Any]) -> None:
+    def note_truncated(self, sample: dict[str, Any], limit: str = "llm.max_length") -> None:
+        """A sample's sequence was cut to the length the setting ``limit`` allows."""
         self.truncated += 1
         log.warning(
-            "sequence truncated to fit llm.max_length (%d so far in %s): %s sample '%s'",
-            self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
+            "sequence truncated to fit %s (%d so far in %s): %s sample '%s'",
+            limit, self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
         )
 
 
