@@ -33,9 +33,9 @@ from minigpt5.losses import IGNORE_INDEX
 @dataclass
 class LanguageModelConfig:
     """Sizes of the tiny Llama: the random tiny preset's (``minigpt5.config.LLMConfig``), so the
-    stages cost the same with it. Measured on 2 cores: it learns the synthetic world's text,
-    copying in dialogues included, in about 2000-3000 steps; 128 wide x 4 layers is 3.4x slower
-    per step and needed no fewer steps."""
+    stages cost the same with it. Measured on 2 cores (batch 32, lr 3e-3): it learns the shape
+    world's text, in-context copying in dialogues included, within 800-2500 steps depending on
+    the seed (3 seeds); 128 wide x 4 layers is 3.4x slower per step and took 1400 (1 seed)."""
 
     hidden_size: int = 64
     num_layers: int = 2  # two layers are the fewest that learn in-context copying
