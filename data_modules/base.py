@@ -12,7 +12,9 @@ import webdataset as wds
 from lightning import LightningDataModule
 
 from data_modules.latents import LATENT_MODES, LatentMode
-from data_modules.shards import SampleCounter, SampleEncoder, batches_per_worker, eval_pipeline, expand_shards
+from data_modules.shards import (
+    SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, expand_shards,
+)
 from data_modules.stream import POSITION_KEY, EpochLoader, ResumableStream, StreamPosition
 from minigpt5.config import MiniGPT5Config
 
@@ -46,8 +48,8 @@ class ShardDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str,
-        val_shards: Optional[str] = None,
+        train_shards: ShardSpec,
+        val_shards: Optional[ShardSpec] = None,
         batch_size: int = 4,
         num_workers: int = 2,
         shuffle_buffer: int = 1000,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from data_modules.base import ShardDataModule
 from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
-from data_modules.shards import BadSample, SampleCounter, decode_image
+from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_image
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -162,8 +162,8 @@ class InterleavedDataModule(ShardDataModule):
 
     def __init__(
         self,
-        train_shards: str,
-        val_shards: Optional[str] = None,
+        train_shards: ShardSpec,
+        val_shards: Optional[ShardSpec] = None,
         targets: Targets = "all",
         context: Context = "both",
         batch_size: int = 4,

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import braceexpand
 import torch
@@ -46,13 +46,18 @@ def _split_top_level(spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def expand_shards(spec: str) -> list[str]:
-    """Shard paths of ``spec``: brace patterns, directories (their ``*.tar``, sorted), comma lists.
+ShardSpec = Union[str, Sequence[str]]
+
+
+def expand_shards(spec: ShardSpec) -> list[str]:
+    """Shard paths of ``spec``: brace patterns, directories (their ``*.tar``, sorted), comma
+    lists, or a list of any of these (e.g. pairs, stories and dialogues together), in order.
 
     Raises FileNotFoundError naming every missing shard, ValueError if nothing is named.
     """
+    specs = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
-    for part in _split_top_level(spec):
+    for part in (p for s in specs for p in _split_top_level(s)):
         part = os.path.expanduser(part)
         if os.path.isdir(part):
             found = sorted(str(p) for p in Path(part).glob("*.tar"))
@@ -106,11 +111,12 @@ class SampleCounter:
             self.skipped, _worker_name(), sample.get("__url__"), sample.get("__key__"), reason,
         )
 
-    def note_truncated(self, sample: dict[str, Any]) -> None:
+    def note_truncated(self, sample: dict[str, Any], limit: str = "llm.max_length") -> None:
+        """A sample's sequence was cut to the length the setting ``limit`` allows."""
         self.truncated += 1
         log.warning(
-            "sequence truncated to fit llm.max_length (%d so far in %s): %s sample '%s'",
-            self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
+            "sequence truncated to fit %s (%d so far in %s): %s sample '%s'",
+            limit, self.truncated, _worker_name(), sample.get("__url__"), sample.get("__key__"),
         )
 
 

@@ -2,6 +2,7 @@
 
   minigpt5 fit|validate|test|predict -c configs/uas.yaml ...   LightningCLI on MiniGPT5Module
   minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
+  minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml            the tiny LLM stand-in and its tokenizer (demo)
   minigpt5 data cc3m|synthetic ...                            shard converters
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
   minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
@@ -23,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from lit_models.language_model import LanguageModelModule
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
@@ -40,7 +42,7 @@ _EXPECTED_WARNINGS = (
     # the data module's state (saved in every checkpoint) holds the stream position, so
     # mid-epoch resumption is exact although Lightning cannot see that from the loader
     r"You're resuming from a checkpoint that ended before the epoch ended",
-    # subcommands (plan, pretrain-sd) hand their own argv on: sys.argv holds the same words
+    # subcommands (plan, pretrain-sd, pretrain-lm) hand their own argv on: sys.argv holds the same words
     r"LightningCLI's args parameter is intended to run from within Python",
 )
 
@@ -86,6 +88,15 @@ class MiniGPT5CLI(LightningCLI):
         logger = config.trainer.logger
         if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and not logger.init_args.save_dir:
             logger.init_args.save_dir = config.trainer.default_root_dir or "."
+
+
+class LanguageModelCLI(MiniGPT5CLI):
+    """``pretrain-lm``: the data module builds the word tokenizer from its train shards and
+    hands it to the model at instantiation; documents are cut to the model's context."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.config.max_positions", "data.init_args.max_length")
+        parser.link_arguments("data", "model.tokenizer", compute_fn=lambda data: data.tokenizer, apply_on="instantiate")
 
 
 def run_lightning(
@@ -137,6 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return plan_main(argv[1:])
         if argv[:1] == ["pretrain-sd"]:
             run_lightning(TextToImageModule, argv[1:])
+        elif argv[:1] == ["pretrain-lm"]:
+            run_lightning(LanguageModelModule, argv[1:], cli_class=LanguageModelCLI)
         else:
             run_lightning(MiniGPT5Module, argv)
     except WeightsNotFoundError as err:

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from lit_models.export import trainable_weights
-from lit_models.optim import OptimConfig, build_optimizer
+from lit_models.optim import OptimConfig, configure_adamw
 from minigpt5.config import MiniGPT5Config
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5, target_count
@@ -116,11 +116,7 @@ class MiniGPT5Module(LightningModule):
     # ---- optimization ----
 
     def configure_optimizers(self) -> dict[str, Any]:
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        optimizer, schedule = build_optimizer(
-            self, self.optim, (MAPPER_PREFIX,), total_steps, fused=not self.trainer.gradient_clip_val
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return configure_adamw(self, self.optim, (MAPPER_PREFIX,))
 
     # ---- checkpoints: trainable weights only ----
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import nn
 
 from minigpt5.config import ConfigError
@@ -79,3 +81,13 @@ def build_optimizer(
         optimizer, warmup_decay_lambda(cfg.warmup_steps, total_steps, cfg.decay)
     )
     return optimizer, schedule
+
+
+def configure_adamw(module: LightningModule, cfg: OptimConfig, fast_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns: :func:`build_optimizer` over the run's stepping
+    batches, the schedule stepped per optimizer step (unfused when the trainer clips gradients)."""
+    trainer = module.trainer
+    optimizer, schedule = build_optimizer(
+        module, cfg, fast_prefixes, int(trainer.estimated_stepping_batches), fused=not trainer.gradient_clip_val
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule
 
-from lit_models.optim import OptimConfig, build_optimizer
+from lit_models.optim import OptimConfig, configure_adamw
 from minigpt5.builders import build_diffusion, build_sd_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.losses import ldm_loss
@@ -66,10 +66,7 @@ class TextToImageModule(LightningModule):
         self.log("val/ldm", self._loss(batch, generator), batch_size=batch["target_pixels"].shape[0])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer, schedule = build_optimizer(
-            self, self.optim, (), int(self.trainer.estimated_stepping_batches), fused=not self.trainer.gradient_clip_val
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return configure_adamw(self, self.optim)
 
     def export(self, directory: str) -> None:
         """Write a diffusers-layout folder: text_encoder/, tokenizer/, unet/, scheduler/."""

@@ -1,10 +1,18 @@
-"""An offline byte-level BPE tokenizer for the tiny preset (nothing downloaded)."""
+"""Offline tokenizers (nothing downloaded).
+
+- :func:`build_tiny_tokenizer`: a byte-level BPE over a built-in word list, for the random
+  tiny preset and the tiny SD text encoder.
+- :func:`build_word_tokenizer`: a whole-word tokenizer whose vocabulary is every word of a
+  corpus, for the pretrained tiny LM (``minigpt5 pretrain-lm``). It cannot emit byte
+  fragments: decoded text only ever holds vocabulary words and spaces.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
@@ -39,6 +47,36 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
 def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A deterministic byte-level BPE tokenizer trained on a built-in word list."""
     tok = Tokenizer.from_str(_trained_tokenizer_json(vocab_size))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def _word_normalizer() -> normalizers.Normalizer:
+    """NFKC, every control/format/unassigned character and U+FFFD to a space, lower case."""
+    return normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(r"[\p{C}\x{FFFD}]"), " "), normalizers.Lowercase()]
+    )
+
+
+def build_word_tokenizer(documents: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is every word of ``documents``.
+
+    Words are what the normaliser (:func:`_word_normalizer`) and the ``Whitespace``
+    pre-tokenizer (runs of word characters, or of punctuation) make of the text. Ids:
+    ``SPECIAL_TOKENS`` 0..3, then the words sorted, so the same set of words always gets
+    the same ids. Unknown words map to ``<unk>``; decoding joins words with spaces. No
+    BOS/EOS is added on encoding (as for the tiny BPE): callers place ``<s>``/``</s>``.
+    """
+    normalizer, pre_tokenizer = _word_normalizer(), pre_tokenizers.Whitespace()
+    words = {
+        word
+        for document in documents
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(document))
+    }
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *sorted(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
