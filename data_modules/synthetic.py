@@ -25,6 +25,20 @@ def caption_for(colour: str, shape: str) -> str:
     return f"a {colour} {shape}"
 
 
+# Image-caption pairs vary their wording, as CC3M's captions do: a mapper trained on one
+# fixed three-word form learns where the words sit, not what they say, and does not carry
+# over to stories. (Measured: trained on "a <colour> <shape>" alone, stage 1 followed 97% of
+# such captions but drew the colour of "then a blue circle" after a story step at chance.)
+CAPTION_TEMPLATES = (
+    "a {colour} {shape}",
+    "a picture of a {colour} {shape}",
+    "a {colour} {shape} on white",
+    "we see a {colour} {shape}",
+    "the {shape} is {colour}",
+    "a {shape} in {colour}",
+)
+
+
 def colour_of(caption: str) -> str:
     """The palette colour named in ``caption``; ValueError if there is none."""
     for word in re.findall(r"[a-z]+", caption.lower()):
@@ -67,14 +81,16 @@ def random_shape(size: int, rng: np.random.Generator) -> tuple[str, str, bytes]:
 
 
 def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """``num`` wds samples (``jpg``, ``txt``, ``json``) with random colour, shape and placement."""
+    """``num`` wds samples (``jpg``, ``txt``, ``json``) with random colour, shape, placement and
+    caption wording (:data:`CAPTION_TEMPLATES`)."""
     rng = np.random.default_rng(seed)
     for index in range(num):
         colour, shape, jpeg = random_shape(size, rng)
+        template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
         yield {
             "__key__": f"{index:09d}",
             "jpg": jpeg,
-            "txt": caption_for(colour, shape),
+            "txt": template.format(colour=colour, shape=shape),
             "json": {"colour": colour, "shape": shape},
         }
 

@@ -107,7 +107,9 @@ class GenerationResult:
 
     @property
     def text(self) -> str:
-        return "".join(s for s in self.segments if isinstance(s, str))
+        """The text segments joined by single spaces (a word-level tokenizer decodes a segment
+        without the leading space a byte-level one keeps)."""
+        return " ".join(s.strip() for s in self.segments if isinstance(s, str) and s.strip())
 
     def image_names(self) -> list[str]:
         return [f"image_{i:03d}.png" for i in range(len(self.images))]

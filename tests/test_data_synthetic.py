@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data_modules.synthetic import COLOURS, SHAPES, colour_of, dominant_colour, write_synthetic
+from data_modules.synthetic import CAPTION_TEMPLATES, COLOURS, SHAPES, colour_of, dominant_colour, write_synthetic
 from minigpt5.images import to_pil_images, to_target_tensor
 
 
@@ -29,7 +29,10 @@ def test_writes_train_and_val_shards(shards):
     train, val = read(shards.train), read(shards.val)
     assert len(train) == 300 and len(val) == 60
     captions = {c for _, c in train}
-    assert captions == {f"a {c} {s}" for c in COLOURS for s in SHAPES}  # all 18 pairs appear
+    named = {(colour_of(c), next(s for s in SHAPES if s in c)) for c in captions}
+    assert named == {(c, s) for c in COLOURS for s in SHAPES}  # all 18 pairs appear
+    wordings = {t: {t.format(colour=c, shape=s) for c, s in named} for t in CAPTION_TEMPLATES}
+    assert captions <= set().union(*wordings.values()) and all(captions & w for w in wordings.values())
     assert all(image.size == (64, 64) and image.format == "JPEG" for image, _ in train)
     assert [c for _, c in val] != [c for _, c in train[:60]]  # val is drawn with its own seed
 
