@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
-from evaluation.items import detect_protocol, read_items
+from evaluation.items import WORLD_PROTOCOLS, detect_protocol, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import is_fraction
 from evaluation.systems import MiniGPT5System
@@ -59,6 +60,8 @@ class EvaluationCallback(Callback):
         self.targets, self.context, self.extractor_kind, self.paths = targets, context, extractors, paths
         self.gen = GenerationConfig(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
                                     num_inference_steps=num_inference_steps, seed=seed)
+        # The synthetic world's turns are scored word for word: greedy, no repetition penalty.
+        self.world_gen = dataclasses.replace(self.gen, temperature=0.0, repetition_penalty=1.0)
         self.grid_items = grid_items
         self._extractors: Optional[Extractors] = None
         self._last_step = -1
@@ -89,7 +92,8 @@ class EvaluationCallback(Callback):
                                 else load_extractors(protocol, self.paths))
         self._extractors.to(pl_module.device)
         model = pl_module.model
-        system = MiniGPT5System(model, self.gen, context="text" if model.vision is None else self.context)
+        gen = self.world_gen if protocol in WORLD_PROTOCOLS else self.gen
+        system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context)
         was_training = model.training
         model.eval()
         try:
