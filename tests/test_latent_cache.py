@@ -217,7 +217,10 @@ def test_cached_and_on_the_fly_training_give_the_same_loss_and_grads(pairs, vae_
         torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-7)
         assert grads_a.keys() == grads_b.keys() and "mapper.queries" in grads_a
         for name in grads_a:
-            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-7)
+            # Rounding is relative to the tensor's scale: an element that nearly cancels to zero
+            # keeps an absolute error of the size of float32 rounding of the larger terms.
+            scale = float(grads_a[name].abs().max())
+            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5 * scale)
     # Another generator draws other noise: the comparison above is not trivially equal.
     assert not torch.equal(loss_and_grads(vae_model, cached[0], seed=0)[0], loss_and_grads(vae_model, cached[0], seed=1)[0])
 
