@@ -224,6 +224,28 @@ def test_eos_stops_and_min_new_tokens_holds_it(model, monkeypatch):
     assert held.token_ids[-1] == eos and len(held.token_ids) == 4 and held.stopped == "eos"
 
 
+def test_a_turn_ends_after_its_image_when_the_state_after_the_vokens_says_so(model, monkeypatch):
+    """Training ends a target turn with </s> right after [IMG7]: that state decides, before the
+    image would be read back as context."""
+    eos, vokens = model.tokenizer.eos_token_id, model.voken_ids
+    original = model.vokens.extend_logits
+    calls = {"n": 0}
+
+    def image_then_eos(hidden, base_logits):
+        logits = original(hidden, base_logits)
+        if calls["n"] == 2:  # predicting the 3rd written token: [IMG0]
+            logits[..., -1, vokens[0]] += 1e4
+        if calls["n"] == 3:  # the feed of the voken block: its last state predicts </s>
+            logits[..., -1, eos] += 1e4
+        calls["n"] += 1
+        return logits
+
+    monkeypatch.setattr(model.vokens, "extend_logits", image_then_eos)
+    result = generate(model, "a red circle", None, greedy(min_new_tokens=0))
+    assert result.token_ids[2:] == vokens + [eos] and result.stopped == "eos"
+    assert [type(s) for s in result.segments] == [str, Image.Image] and result.context_pixels is None
+
+
 # ---- outputs ----
 
 def test_write_outputs_html_pngs_and_record(model, monkeypatch, tmp_path):
