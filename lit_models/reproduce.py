@@ -263,7 +263,9 @@ def write_report(out: Path, tables: list[Table], verdicts: list[str], budget: Bu
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# The paper's questions in miniature (synthetic world)", "",
              f"Budget: {budget}. Every number below was measured in this run on the held-out splits; "
-             "each fraction is followed by its count. Chance: colour 0.17, shape 0.33.", "",
+             "each fraction is followed by its count. Chance: colour 0.17, shape 0.33. A fraction over "
+             "about 100 items has a standard error of about 0.05: a claim that holds or fails by less "
+             "is not evidence either way.", "",
              "## Claims", "", *verdicts, ""]
     for i, table in enumerate(tables):
         lines.append(table.markdown())
