@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog"]
 PROTOCOLS = ("cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog")
-WORLD_PROTOCOLS = {"synthetic-vist": "vist", "synthetic-dialog": "mmdialog"}  # and the layout each reads
+WORLD_PROTOCOLS = ("synthetic-vist", "synthetic-dialog")  # scored by the synthetic world's rules
 
 
 @dataclass
@@ -84,17 +84,12 @@ def read_items(
             counter(err)
             continue
         for t in _targets(protocol, len(turns), targets):
-            if rules:
-                if rules[t]["scored"]:
-                    yield EvalItem(sample["__key__"], t, turns[t][0], turns[t][1], turns[:t], rules[: t + 1])
-                    produced += 1
-                    if max_items is not None and produced >= max_items:
-                        return
-                continue
+            if rules and not rules[t]["scored"]:
+                continue  # a user's turn: not the model's to write
             if protocol == "vist" and not turns[t][1]:
                 counter.note_skipped(sample, f"step {t} has no image to generate")
                 continue
-            yield EvalItem(sample["__key__"], t, turns[t][0], turns[t][1], turns[:t])
+            yield EvalItem(sample["__key__"], t, turns[t][0], turns[t][1], turns[:t], rules[: t + 1])
             produced += 1
             if max_items is not None and produced >= max_items:
                 return
