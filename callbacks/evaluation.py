@@ -12,7 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
 from evaluation.items import WORLD_PROTOCOLS, detect_protocol, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
-from evaluation.report import is_fraction
+from evaluation.report import metric_value
+from evaluation.world_scores import WORLD_SAMPLING
 from evaluation.systems import MiniGPT5System
 from minigpt5.generate import GenerationConfig
 
@@ -60,8 +61,7 @@ class EvaluationCallback(Callback):
         self.targets, self.context, self.extractor_kind, self.paths = targets, context, extractors, paths
         self.gen = GenerationConfig(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
                                     num_inference_steps=num_inference_steps, seed=seed)
-        # The synthetic world's turns are scored word for word: greedy, no repetition penalty.
-        self.world_gen = dataclasses.replace(self.gen, temperature=0.0, repetition_penalty=1.0)
+        self.world_gen = dataclasses.replace(self.gen, **WORLD_SAMPLING)
         self.grid_items = grid_items
         self._extractors: Optional[Extractors] = None
         self._last_step = -1
@@ -106,7 +106,7 @@ class EvaluationCallback(Callback):
         self._log(trainer, run, model.cfg.diffusion.resolution)
 
     def _log(self, trainer: Trainer, run: Run, resolution: int) -> None:
-        values = {k: v["value"] if is_fraction(v) else v for k, v in run.metrics.items()}
+        values = {k: metric_value(v) for k, v in run.metrics.items()}
         metrics = {f"eval/{k}": float(v) for k, v in values.items()
                    if isinstance(v, numbers.Number) and not isinstance(v, bool)}
         log.info("evaluation at step %d: %s", trainer.global_step, metrics)

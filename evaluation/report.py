@@ -30,6 +30,11 @@ def is_fraction(value: Any) -> bool:
     return isinstance(value, dict) and {"value", "hits", "count"} <= set(value)
 
 
+def metric_value(metric: Any) -> Any:
+    """A fraction's value, or the metric itself when it is a plain number (or anything else)."""
+    return metric["value"] if is_fraction(metric) else metric
+
+
 def file_sha256(path: Union[str, Path]) -> str:
     """SHA-256 of a file, or of a directory's files (names and bytes, sorted) e.g. a sharded checkpoint."""
     path = Path(path)

@@ -28,7 +28,7 @@ from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, WriteThenDraw
-from evaluation.world_scores import world_summary
+from evaluation.world_scores import WORLD_SAMPLING, world_summary
 from lit_models.pages import world_examples_html
 from minigpt5.config import ConfigError
 from minigpt5.generate import GenerationConfig
@@ -76,13 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Decoding defaults: the paper code's for its protocols; for the synthetic world, whose turns
-# are scored word for word, greedy without a repetition penalty (the rules repeat words:
-# "first a red circle" / "then a red square") and the model's own guidance and steps.
+# Decoding defaults: the paper code's for its protocols; for the synthetic world, the world's
+# sampling (evaluation.world_scores.WORLD_SAMPLING) and the model's own guidance and steps.
 PAPER_DECODING = {"guidance_scale": [7.5], "steps": 50, "temperature": 1.0, "repetition_penalty": 2.0,
                   "max_new_tokens": 256}
-WORLD_DECODING = {"guidance_scale": [None], "steps": None, "temperature": 0.0, "repetition_penalty": 1.0,
-                  "max_new_tokens": 32}
+WORLD_DECODING = {"guidance_scale": [None], "steps": None, "max_new_tokens": 32, **WORLD_SAMPLING}
 
 
 def with_decoding_defaults(args: argparse.Namespace) -> argparse.Namespace:

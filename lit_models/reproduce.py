@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from evaluation.charts import bar_chart
-from evaluation.report import is_fraction
+from evaluation.report import is_fraction, metric_value
 
 STAGE1 = ["-c", "configs/uas.yaml", "-c", "configs/model/tiny.yaml", "-c", "configs/demo.yaml"]
 STAGE2 = ["-c", "configs/uas.yaml", "-c", "configs/mls.yaml", "-c", "configs/mls_vist.yaml",
@@ -126,10 +126,6 @@ def run_eval(ckpt: Path, protocol: str, shards: str, out: Path, budget: Budget, 
     return json.loads(json_path.read_text())["rows"]
 
 
-def value(metric: Any) -> Optional[float]:
-    return metric["value"] if is_fraction(metric) else metric
-
-
 def cell(metric: Any) -> str:
     if metric is None:
         return "–"
@@ -155,7 +151,7 @@ class Table:
 
     def chart(self):
         return bar_chart(self.title, [f"{s[:5]} {m}" for s, m in self.columns],
-                         {name: [value(row.get(c)) for c in self.columns] for name, row in self.rows})
+                         {name: [metric_value(row.get(c)) for c in self.columns] for name, row in self.rows})
 
     def record(self) -> dict[str, Any]:
         return {"title": self.title, "rows": [{"variant": name, **{f"{s}/{m}": row.get((s, m)) for s, m in self.columns}}
@@ -220,7 +216,7 @@ def reproduce(assets: Assets, out: Path, budget: Budget) -> Path:
 
 
 def mean_of(row: dict[tuple[str, str], Any], columns: list[tuple[str, str]]) -> float:
-    values = [value(row.get(c)) for c in columns]
+    values = [metric_value(row.get(c)) for c in columns]
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
 
