@@ -66,8 +66,9 @@ heads as nn.Transformer's default, ff 4096, 77 queries, dropout 0, pre-norm) and
 stage-2 LoRA (``configs/mls.yaml``: r 8, alpha 16, q and v) have the official shapes as
 they are; nothing needs changing there (tested on the meta device against the official
 structure at full size). Shapes cannot tell the base models apart: the official weights
-were trained on Vicuna v0 7B and SD 2.1 base, so the command warns when the config's
-``llm.path`` or ``diffusion.path`` names others (:func:`base_model_warnings`).
+were trained on Vicuna v0 7B, SD 2.1 base and MiniGPT-4's vision tower, so the command
+warns when the config's ``llm.path`` or ``diffusion.path`` names others, and names the
+tower to check (:func:`base_model_warnings`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ FROZEN = re.compile("|".join((
 # The base models the official weights were trained on; shapes cannot tell them from others.
 OFFICIAL_LLM = "Vision-CAIR/vicuna-7b"  # Vicuna v0 7B, merged (minigpt4/configs/models/minigpt4.yaml:16)
 OFFICIAL_SD = "stabilityai/stable-diffusion-2-1-base"  # model.py:75
+OFFICIAL_TOWER = "EVA-ViT-g + the Q-Former of LAVIS's blip2_pretrained_flant5xxl.pth"  # mini_gpt4.py:29-30, 53-78
 MINIGPT4_PROJECTION = {"llama_proj.weight": "input_projection.weight", "llama_proj.bias": "input_projection.bias"}
 # Where this project's model comes from when no -c is given: the paper preset of the file's stage.
 DEFAULT_CONFIGS = {
@@ -418,6 +420,9 @@ def base_model_warnings(cfg: MiniGPT5Config) -> list[str]:
                      f"({OFFICIAL_LLM}): unless that is a merged v0 folder, set --model.config.llm.path to one")
     if cfg.diffusion.path != OFFICIAL_SD:
         notes.append(f"diffusion.path is {cfg.diffusion.path!r}; the official mapper was trained for {OFFICIAL_SD}")
+    if cfg.vision.kind != "none":  # no hub id names that tower, so this is always said
+        notes.append(f"vision.path is {cfg.vision.path!r}; llama_proj and the official LoRA were trained on the "
+                     f"features of {OFFICIAL_TOWER}: check that the tower is the same")
     return notes
 
 

@@ -391,7 +391,9 @@ def test_base_models_other_than_the_official_ones_are_warned_about():
     cfg, _ = read_config([a for c in DEFAULT_CONFIGS[2] for a in ("-c", str(ROOT / c))])
     official_bases = replace(cfg, llm=replace(cfg.llm, path=OFFICIAL_LLM),
                              diffusion=replace(cfg.diffusion, path=OFFICIAL_SD))
-    assert base_model_warnings(official_bases) == []
+    [tower] = base_model_warnings(official_bases)  # stage 2 reads images: the tower is named
+    assert "blip2_pretrained_flant5xxl.pth" in tower
+    assert base_model_warnings(replace(official_bases, vision=VisionConfig())) == []
     other = replace(official_bases, llm=replace(cfg.llm, path="lmsys/vicuna-7b-v1.5"))
-    [note] = base_model_warnings(other)
+    note, _ = base_model_warnings(other)
     assert "lmsys/vicuna-7b-v1.5" in note and OFFICIAL_LLM in note
