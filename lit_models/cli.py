@@ -7,6 +7,8 @@
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
   minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
   minigpt5 export --ckpt last.ckpt --out trainable.safetensors  consolidated trainable weights
+  minigpt5 import-official --ckpt stage2_vist.ckpt --stage1 stage1_cc3m.ckpt --minigpt4 prerained_minigpt4_7b.pth \
+      --out official.safetensors                               the authors' checkpoints as this project's weights
   minigpt5 reproduce --assets outputs/demo --out DIR          the paper's questions on the synthetic world
 
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
@@ -133,6 +135,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lit_models.export import main as export_main
 
         return export_main(argv[1:])
+    if argv[:1] == ["import-official"]:
+        from lit_models.import_official import main as import_main
+
+        return import_main(argv[1:])
     if argv[:1] == ["reproduce"]:
         from lit_models.reproduce import main as reproduce_main
 
