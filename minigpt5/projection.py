@@ -35,8 +35,8 @@ def read_minigpt4_projection(path: str) -> dict[str, torch.Tensor]:
         raise WeightsNotFoundError(
             f"vision.projection_path '{path}' does not exist. It is MiniGPT-4's pretrained checkpoint "
             "(the official MiniGPT-5 repository ships it as config/prerained_minigpt4_7b.pth; MiniGPT-4's "
-            "README links it as pretrained_minigpt4_7b.pth): put it there, or set "
-            "vision.projection_path=null and vision.train_projection=true for a randomly initialised, trained projection."
+            "README links it as pretrained_minigpt4_7b.pth): put it there, or set vision.projection_path=null "
+            "and vision.train_projection=true for a randomly initialised, trained projection."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -25,7 +25,8 @@ def minigpt4_checkpoint(path: Path, width: int = TINY_TOWER, hidden: int = TINY_
     """A small file in MiniGPT-4's layout (runner_base.py: trainable tensors under "model", plus
     optimizer, config, scaler and epoch); returns the projection tensors written."""
     g = torch.Generator().manual_seed(7)
-    proj = {"llama_proj.weight": torch.randn(hidden, width, generator=g), "llama_proj.bias": torch.randn(hidden, generator=g)}
+    proj = {"llama_proj.weight": torch.randn(hidden, width, generator=g),
+            "llama_proj.bias": torch.randn(hidden, generator=g)}
     torch.save({"model": proj, "optimizer": {"state": {}, "param_groups": [{"lr": 3e-5}]},
                 "config": {"model": {"arch": "mini_gpt4"}}, "scaler": None, "epoch": 4}, path)
     return proj
@@ -61,23 +62,25 @@ def test_minigpt4_projection_can_start_a_trained_projection(tmp_path):
 
 def test_missing_projection_file_is_named(tmp_path):
     missing = tmp_path / "weights" / "prerained_minigpt4_7b.pth"
-    with pytest.raises(WeightsNotFoundError, match=r"vision\.projection_path '.*weights/prerained_minigpt4_7b\.pth' "
-                                                   r"does not exist.*config/prerained_minigpt4_7b\.pth"):
+    named = r"vision\.projection_path '.*weights/prerained_minigpt4_7b\.pth' does not exist.*config/prerained_minigpt4_7b"
+    with pytest.raises(WeightsNotFoundError, match=named):
         vision_model(projection_path=str(missing), train_projection=False)
 
 
 def test_projection_of_the_wrong_shape_is_refused_with_both_shapes(tmp_path):
     file = tmp_path / "minigpt4.pth"
     minigpt4_checkpoint(file, width=768, hidden=4096)  # the real 7B projection into a tiny model
-    with pytest.raises(ProjectionCheckpointError, match=r"llama_proj\.weight in vision\.projection_path '.*minigpt4\.pth' "
-                                                        rf"has shape \(4096, 768\).*needs \({TINY_LLM}, {TINY_TOWER}\)"):
+    shapes = rf"llama_proj\.weight in vision\.projection_path '.*minigpt4\.pth' has shape \(4096, 768\).*" \
+             rf"needs \({TINY_LLM}, {TINY_TOWER}\)"
+    with pytest.raises(ProjectionCheckpointError, match=shapes):
         vision_model(projection_path=str(file), train_projection=False)
 
 
 def test_checkpoint_without_llama_proj_lists_what_it_has(tmp_path):
     file = tmp_path / "other.pth"
     torch.save({"model": {"Qformer.bert.x": torch.zeros(1)}}, file)
-    with pytest.raises(ProjectionCheckpointError, match=r"other\.pth' has no llama_proj\.weight and llama_proj\.bias.*Qformer\.bert\.x"):
+    lacking = r"other\.pth' has no llama_proj\.weight and llama_proj\.bias.*Qformer\.bert\.x"
+    with pytest.raises(ProjectionCheckpointError, match=lacking):
         vision_model(projection_path=str(file))
     file.write_bytes(b"not a checkpoint")
     with pytest.raises(ProjectionCheckpointError, match=r"other\.pth' is not a readable PyTorch checkpoint"):
@@ -96,8 +99,8 @@ def test_the_tiny_default_projection_is_random_and_trained():
 
 
 def test_plan_builds_the_frozen_projection_without_the_file():
-    cfg = MiniGPT5Config(vision=VisionConfig(kind="blip2", projection_path="/nowhere/minigpt4.pth", train_projection=False))
-    model = MiniGPT5.on_meta(cfg)
+    vision = VisionConfig(kind="blip2", projection_path="/nowhere/minigpt4.pth", train_projection=False)
+    model = MiniGPT5.on_meta(MiniGPT5Config(vision=vision))
     assert model.input_projection.weight.is_meta and not model.input_projection.weight.requires_grad
 
 
