@@ -26,6 +26,8 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from minigpt5.fingerprint import CHECKPOINT_KEY
+
 log = logging.getLogger(__name__)
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
@@ -69,6 +71,16 @@ def trainable_weights(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     if "state_dict" not in checkpoint:
         raise KeyError(f"'{path}' has no 'state_dict': not a Lightning checkpoint")
     return checkpoint["state_dict"]
+
+
+def saved_fingerprint(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """The frozen parts' fingerprints a checkpoint was saved with (:mod:`minigpt5.fingerprint`);
+    empty for an exported ``.safetensors`` file or a checkpoint older than fingerprints."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return {}
+    file = deepspeed_tag_dir(path) / MODEL_STATES if path.is_dir() else path
+    return torch.load(file, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY, {})
 
 
 def export_trainable(ckpt: Union[str, Path], out: Union[str, Path]) -> dict[str, torch.Tensor]:

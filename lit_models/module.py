@@ -11,9 +11,10 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule
 
-from lit_models.export import trainable_weights
+from lit_models.export import saved_fingerprint, trainable_weights
 from lit_models.optim import OptimConfig, configure_adamw
 from minigpt5.config import MiniGPT5Config
+from minigpt5.fingerprint import CHECKPOINT_KEY, check_frozen_parts
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5, target_count
 from minigpt5.randomness import Generators
@@ -140,6 +141,7 @@ class MiniGPT5Module(LightningModule):
         if unknown or mismatched:
             raise KeyError(f"checkpoint '{path}' does not fit this model: unknown keys {unknown[:5]}, "
                            f"shape mismatches {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in mismatched[:5]]}")
+        self.check_frozen_parts(saved_fingerprint(path), f"checkpoint '{path}'")
         self.load_state_dict(state, strict=False)
         fresh = sorted(self.trainable_keys() - set(state))
         log.info("initialised %d tensors from %s; %d trainable tensors start fresh: %s",
@@ -149,9 +151,17 @@ class MiniGPT5Module(LightningModule):
     def trainable_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
+    def check_frozen_parts(self, saved: dict[str, torch.Tensor], where: str) -> None:
+        """Refuse a checkpoint trained against other frozen weights than this model's."""
+        cfg = self.config
+        paths = {"llm": cfg.llm.path, "text_encoder": cfg.diffusion.path, "unet": cfg.diffusion.path,
+                 "latents": cfg.diffusion.path, "vision": cfg.vision.path}
+        check_frozen_parts(saved, self.model.frozen_fingerprint, where, paths)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint[CHECKPOINT_KEY] = self.model.frozen_fingerprint
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: Any = "cpu") -> "MiniGPT5Module":
@@ -165,6 +175,7 @@ class MiniGPT5Module(LightningModule):
             return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_frozen_parts(checkpoint.get(CHECKPOINT_KEY, {}), "the checkpoint being loaded")
         if "state_dict" not in checkpoint:
             return  # a DeepSpeed checkpoint: the engine restored the weights itself
         saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()

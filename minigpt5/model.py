@@ -13,6 +13,7 @@ from torch import nn
 from minigpt5.adapters import apply_adapter
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
+from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import drop_features, sample_latents
 from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
@@ -84,6 +85,12 @@ class MiniGPT5(nn.Module):
         super().__init__()
         parts = parts or build_components(cfg)
         self.cfg = cfg
+        # Values of the frozen parts as built, before an adapter joins the LLM; saved with
+        # checkpoints, so one is never loaded over other frozen weights (minigpt5.fingerprint).
+        self.frozen_fingerprint = fingerprints({
+            "llm": parts.llm, "text_encoder": parts.text_encoder, "unet": parts.unet,
+            "latents": parts.latents, "vision": parts.vision,
+        })
         self.tokenizer = parts.tokenizer
         self.sd_tokenizer = parts.sd_tokenizer
         self.voken_ids = parts.voken_ids

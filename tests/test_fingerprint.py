@@ -1,0 +1,69 @@
+"""A checkpoint refuses frozen weights it was not trained with (minigpt5.fingerprint)."""
+
+from __future__ import annotations
+
+import lightning
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lit_models.module import MiniGPT5Module
+from minigpt5.builders import build_tiny_tokenizer
+from minigpt5.config import LLMConfig, MiniGPT5Config
+from minigpt5.fingerprint import FrozenPartsChanged, fingerprint, mismatched_parts
+
+
+def save_llm(folder, seed: int, dtype: torch.dtype = torch.float32) -> None:
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(build_tiny_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2,
+    )).to(dtype)
+    llm.save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+
+
+def test_fingerprint_survives_a_dtype_change_but_not_other_weights():
+    torch.manual_seed(0)
+    part = torch.nn.Linear(64, 64)
+    same = fingerprint(part)
+    as_bf16 = fingerprint(part.to(torch.bfloat16))
+    torch.manual_seed(1)
+    other = fingerprint(torch.nn.Linear(64, 64))
+    assert mismatched_parts({"p": same}, {"p": as_bf16}) == []
+    assert mismatched_parts({"p": same}, {"p": other}) == ["p"]
+    assert mismatched_parts({"p": same}, {"q": other}) == []  # only parts present in both are compared
+    with torch.device("meta"):
+        assert fingerprint(torch.nn.Linear(4, 4)) is None  # nothing to sample
+
+
+def test_tiny_parts_fingerprint_the_same_in_every_build(tiny_config):
+    from minigpt5.model import MiniGPT5
+
+    torch.manual_seed(1)
+    first = MiniGPT5(tiny_config).frozen_fingerprint
+    torch.manual_seed(2)
+    second = MiniGPT5(tiny_config).frozen_fingerprint
+    assert {"llm", "text_encoder", "unet"} <= first.keys()
+    assert mismatched_parts(first, second) == []
+
+
+def test_checkpoint_refuses_an_llm_folder_that_changed(tmp_path):
+    folder = tmp_path / "llm"
+    save_llm(folder, seed=0)
+    module = MiniGPT5Module(MiniGPT5Config(llm=LLMConfig(path=str(folder))))
+    ckpt = tmp_path / "stage1.ckpt"
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, ckpt)
+
+    # the same weights saved again in bfloat16: still the same model, loads
+    save_llm(folder, seed=0, dtype=torch.bfloat16)
+    MiniGPT5Module.from_checkpoint(str(ckpt))
+
+    save_llm(folder, seed=1)  # the stand-in retrained: other weights at the same path
+    with pytest.raises(FrozenPartsChanged, match=r"llm \(from .*llm\)"):
+        MiniGPT5Module.from_checkpoint(str(ckpt))
+    with pytest.raises(FrozenPartsChanged, match=rf"checkpoint '{ckpt}'"):
+        MiniGPT5Module(module.config, init_from=str(ckpt))  # stage 2 starting from it
