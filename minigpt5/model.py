@@ -113,6 +113,8 @@ class MiniGPT5(nn.Module):
             build_input_projection(parts.vision.width, hidden, cfg.vision.projection_path)
             if parts.vision is not None else None
         )
+        if not cfg.vision.train_projection:  # frozen weights from a file (MiniGPT-4's): fingerprinted like the rest
+            self.frozen_fingerprint.update(fingerprints({"input_projection": self.input_projection}))
         # diffusers' ``.dtype`` walks every submodule; the UNet's dtype is fixed by the config.
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once

@@ -232,3 +232,26 @@ def test_tower_reads_a_blip2_checkpoint_with_a_language_model(tmp_path):
         expected = source.qformer(query_embeds=queries,
                                   encoder_hidden_states=source.vision_model(pixel_values=x).last_hidden_state)
         assert torch.allclose(tower(x), expected.last_hidden_state)
+
+
+def test_checkpoint_refuses_a_projection_file_that_changed(tmp_path):
+    import lightning
+
+    from lit_models.module import MiniGPT5Module
+    from minigpt5.fingerprint import FrozenPartsChanged
+
+    file = tmp_path / "prerained_minigpt4_7b.pth"
+    minigpt4_checkpoint(file)
+    config = MiniGPT5Config(vision=VisionConfig(kind="blip2", projection_path=str(file), train_projection=False))
+    module = MiniGPT5Module(config)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(checkpoint)
+    assert not any("input_projection" in k for k in checkpoint["state_dict"])  # frozen: comes from the file
+    ckpt = tmp_path / "stage2.ckpt"
+    torch.save(checkpoint, ckpt)
+    loaded = MiniGPT5Module.from_checkpoint(str(ckpt))
+    assert torch.equal(loaded.model.input_projection.weight, module.model.input_projection.weight)
+    torch.save({"model": {k: v + 1 for k, v in torch.load(file)["model"].items()}}, file)  # another projection
+    with pytest.raises(FrozenPartsChanged, match=r"input_projection \(from .*prerained_minigpt4_7b\.pth\)"):
+        MiniGPT5Module.from_checkpoint(str(ckpt))
