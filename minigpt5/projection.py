@@ -42,7 +42,8 @@ def read_minigpt4_projection(path: str) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ProjectionCheckpointError(
-            f"vision.projection_path '{path}' is not a readable PyTorch checkpoint: "
+            f"vision.projection_path '{path}' is not a readable PyTorch checkpoint of tensors (torch.load, "
+            f"weights_only=True): "
             f"{err.__class__.__name__}: {str(err).splitlines()[0]}"
         ) from err
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
