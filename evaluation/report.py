@@ -2,8 +2,10 @@
 
 Every row carries the settings it was produced with; the table carries the
 checkpoint's identity (path and SHA-256), the protocol and the extractors, so a
-number can always be traced back. Systems not rerun here (GILL, Divter) come from
-a config of published figures and are marked "quoted".
+number can always be traced back. Systems not rerun here (GILL, Divter, the paper's
+own figures) come from a config of published figures and are marked "quoted"; a score
+a quoted row has no figure for reads "not retrieved" (or the entry's own ``missing``
+text), never a blank that could pass for a measured value.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import yaml
 # Column order of the markdown table; other keys follow alphabetically.
 METRIC_ORDER = (
     "fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t",
-    "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1",
+    "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1", "intent_f1",
     "text_correct", "image_precision", "image_recall", "image_f1", "colour_right", "shape_right",
     "colour_from_image", "coherence", "items",
 )
+# The scores (METRIC_ORDER less its count): where a quoted row has no figure, it says why.
+SCORE_COLUMNS = frozenset(METRIC_ORDER) - {"items"}
+NOT_RETRIEVED = "not retrieved"
 
 
 def is_fraction(value: Any) -> bool:
@@ -54,17 +59,35 @@ def checkpoint_identity(path: Union[str, Path]) -> dict[str, str]:
 
 
 def quoted_rows(path: Union[str, Path], protocol: str) -> list[dict[str, Any]]:
-    """The published rows for ``protocol`` from a quoted-figures YAML (``{protocol: [{system, source, metrics}]}``)."""
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
+    """The published rows for ``protocol`` from a quoted-figures YAML
+    (``{protocol: [{system, source, metrics, missing?}]}``; ``missing`` says what the row's
+    absent scores mean, by default "not retrieved")."""
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except FileNotFoundError as err:
+        raise ValueError(f"quoted figures file '{path}' does not exist (pass --quoted '' to leave them out)") from err
     rows = []
     for entry in config.get(protocol) or []:
-        missing = {"system", "source", "metrics"} - set(entry)
-        if missing:
-            raise ValueError(f"{path}: a {protocol} entry lacks {sorted(missing)}: {entry}")
-        rows.append({"system": entry["system"], "kind": "quoted", "source": entry["source"],
-                     "metrics": dict(entry["metrics"] or {})})
+        lacking = {"system", "source", "metrics"} - set(entry)
+        if lacking:
+            raise ValueError(f"{path}: a {protocol} entry lacks {sorted(lacking)}: {entry}")
+        metrics = dict(entry["metrics"] or {})
+        bad = {k: v for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise ValueError(f"{path}: {protocol} entry {entry['system']!r} has non-numeric figures {bad}; "
+                             "leave a figure out rather than writing a placeholder")
+        rows.append({"system": entry["system"], "kind": "quoted", "source": entry["source"], "metrics": metrics,
+                     "missing": entry.get("missing", NOT_RETRIEVED)})
     return rows
+
+
+def _row_cell(row: dict[str, Any], column: str) -> str:
+    """A row's cell; a quoted row without a figure for a score says so instead of a blank."""
+    value = row["metrics"].get(column)
+    if value is None and row["kind"] == "quoted" and column in SCORE_COLUMNS:
+        return row.get("missing", NOT_RETRIEVED)
+    return _cell(value)
 
 
 def _cell(value: Any) -> str:
@@ -91,7 +114,7 @@ def markdown_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for row in rows:
         guidance = row.get("settings", {}).get("guidance_scale")
         kind = row["kind"] if row["kind"] != "quoted" else f"quoted ({row['source']})"
-        cells = [row["system"], kind, _cell(guidance)] + [_cell(row["metrics"].get(c)) for c in columns]
+        cells = [row["system"], kind, _cell(guidance)] + [_row_cell(row, c) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

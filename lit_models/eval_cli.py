@@ -36,6 +36,7 @@ from minigpt5.images import to_pil_images
 from minigpt5.loading import WeightsNotFoundError
 
 SYSTEMS = ("minigpt5", "sd2", "llm-then-sd")
+QUOTED = Path(__file__).resolve().parents[1] / "configs" / "eval" / "quoted.yaml"  # found from any working directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: ViT-L/14 for cc3m and vist, ViT-B/32 for mmdialog")
     parser.add_argument("--clip-path", help="local CLIP folder (default: the OpenAI hub id)")
     parser.add_argument("--sbert", help="Sentence-BERT folder or hub id (default all-MiniLM-L6-v2)")
-    parser.add_argument("--quoted", default="configs/eval/quoted.yaml", help="published figures of GILL, Divter")
+    parser.add_argument("--quoted", default=str(QUOTED),
+                        help="published figures (GILL, Divter, the paper's own) added as quoted rows; '' for none")
     parser.add_argument("--out", default="outputs/eval")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--examples", type=int, default=8,
@@ -121,6 +123,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
     if args.protocol not in WORLD_PROTOCOLS and "llm-then-sd" in args.systems:
         raise ConfigError("the llm-then-sd baseline is scored only by the synthetic world's protocols")
+    quoted = quoted_rows(args.quoted, args.protocol) if args.quoted else []  # read first: a bad file fails fast
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
@@ -146,8 +149,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
                          "skipped": {"bad_samples": counter.bad, "steps_without_image": counter.skipped},
                          "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text}
                                       for item, _, text in run.examples if args.protocol not in ("cc3m", "vist")]})
-    if args.quoted and Path(args.quoted).is_file():
-        rows += quoted_rows(args.quoted, args.protocol)
+    rows += quoted
     header = {
         "protocol": args.protocol,
         "checkpoint": checkpoint_identity(args.ckpt),

@@ -155,7 +155,8 @@ class MiniGPT5Module(LightningModule):
         """Refuse a checkpoint trained against other frozen weights than this model's."""
         cfg = self.config
         paths = {"llm": cfg.llm.path, "text_encoder": cfg.diffusion.path, "unet": cfg.diffusion.path,
-                 "latents": cfg.diffusion.path, "vision": cfg.vision.path}
+                 "latents": cfg.diffusion.path, "vision": cfg.vision.path,
+                 "input_projection": cfg.vision.projection_path}
         check_frozen_parts(saved, self.model.frozen_fingerprint, where, paths)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,7 +21,12 @@ def apply_adapter(llm: PreTrainedModel, cfg: PeftSettings) -> tuple[PreTrainedMo
             target_modules=list(cfg.lora_target_modules),
         )
     elif cfg.method == "prefix":
-        peft_config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+        peft_config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            prefix_projection=cfg.prefix_projection,
+            encoder_hidden_size=cfg.prefix_hidden_size,
+        )
     else:
         raise ConfigError(f"peft.method must be none, lora or prefix, got {cfg.method!r}")
     wrapped = get_peft_model(llm, peft_config)

@@ -4,6 +4,11 @@ Each folder under ``architectures/`` holds the published ``config.json`` values 
 weights) of one hub model, laid out as on the hub. They are only read when a model is
 built *empty* (every tensor on the meta device, e.g. for ``minigpt5 plan`` and the
 parameter-count tests); loading weights always goes to the configured path itself.
+
+Two hold the sizes only, not the hub file: ``vicuna-7b-v0`` (Vicuna v0 7B is a fine-tuned
+Llama-1 7B; its sizes, other fields at transformers' defaults) and ``blip2-flan-t5-xxl``
+(BLIP-2's default ViT-g and Q-Former configs, which is what its conversion script uses; the
+T5 text config is left out, as the vision tower keeps only the ViT, Q-Former and queries).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from pathlib import Path
 SHIPPED_DIR = Path(__file__).parent / "architectures"
 SHIPPED = {
     "lmsys/vicuna-7b-v1.5": "vicuna-7b-v1.5",  # Llama-2-7B architecture
+    "Vision-CAIR/vicuna-7b": "vicuna-7b-v0",  # Llama-1-7B architecture (merged Vicuna v0, MiniGPT-4's)
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion-2-1-base",
     "Salesforce/blip2-itm-vit-g": "blip2-itm-vit-g",  # EVA ViT-g + Q-Former
+    "Salesforce/blip2-flan-t5-xxl": "blip2-flan-t5-xxl",  # EVA ViT-g + Q-Former (+ T5-XXL, not built)
 }
 
 

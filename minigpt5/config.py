@@ -75,10 +75,12 @@ class MapperConfig:
     num_queries: int = 77  # SD's text-encoder sequence length
     dropout: float = 0.0
     train_mlp_and_queries: bool = True  # the paper freezes the first MLP and the queries in stage 2
+    query_init_std: float = 0.02  # std of the queries' normal init (the official code: 1.0, torch.randn)
 
     def __post_init__(self) -> None:
         _check(self.width % self.num_heads == 0, "mapper.width must be divisible by mapper.num_heads")
         _check(self.num_queries >= 1, "mapper.num_queries must be >= 1")
+        _check(self.query_init_std > 0, f"mapper.query_init_std must be > 0, got {self.query_init_std}")
         _check(0.0 <= self.dropout < 1.0, f"mapper.dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -124,11 +126,16 @@ class VisionConfig:
     patch_size: int = 16  # tiny only
     num_query_tokens: int = 4  # tiny blip2 only (the paper's Q-Former has 32)
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    projection_path: Optional[str] = None  # MiniGPT-4 checkpoint (.pth) whose llama_proj initialises the projection
+    train_projection: bool = True  # False freezes the projection (the official code, from MiniGPT-4's weights)
 
     def __post_init__(self) -> None:
         _check_choice("vision.kind", self.kind, ("none", "clip", "blip2"))
         _check_choice("vision.torch_dtype", self.torch_dtype, _DTYPES)
         _check(self.image_size % self.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size")
+        _check(self.kind == "none" or self.train_projection or self.projection_path is not None,
+               "vision.train_projection=false freezes the input projection, so it needs pretrained weights: "
+               "set vision.projection_path (MiniGPT-4's prerained_minigpt4_7b.pth)")
 
 
 @dataclass
@@ -141,10 +148,14 @@ class PeftSettings:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     num_virtual_tokens: int = 32  # prefix tuning
+    prefix_projection: bool = False  # prefix tuning: prefixes through a 2-layer MLP (PEFT's prefix_projection)
+    prefix_hidden_size: int = 1024  # prefix tuning with prefix_projection: the MLP's hidden width
 
     def __post_init__(self) -> None:
         _check_choice("peft.method", self.method, ("none", "lora", "prefix"))
         _check(self.lora_r >= 1, f"peft.lora_r must be >= 1, got {self.lora_r}")
+        _check(self.num_virtual_tokens >= 1 and self.prefix_hidden_size >= 1,
+               "peft.num_virtual_tokens and peft.prefix_hidden_size must be >= 1")
         self.lora_target_modules = tuple(self.lora_target_modules)
 
 
@@ -161,6 +172,16 @@ class LossConfig:
         for name in ("text_weight", "ldm_weight", "cap_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time image augmentation (never at validation or inference)."""
+
+    hflip: float = 0.0  # probability of a horizontal flip, drawn per target and per context image
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.hflip <= 1.0, f"augment.hflip must be a probability in [0, 1], got {self.hflip}")
 
 
 @dataclass
@@ -187,5 +208,6 @@ class MiniGPT5Config:
     vision: VisionConfig = field(default_factory=VisionConfig)
     peft: PeftSettings = field(default_factory=PeftSettings)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     prompt: str = ""  # text before each caption; masked out of the text loss

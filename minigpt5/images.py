@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from PIL import Image
@@ -28,6 +30,13 @@ def to_target_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     square = pad_to_white_square(image).resize((resolution, resolution), Image.BICUBIC)
     array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def flip_where(images: torch.Tensor, flips: Optional[torch.Tensor]) -> torch.Tensor:
+    """Images (N, C, H, W) with the rows where ``flips`` (N,) is True mirrored left to right."""
+    if flips is None:
+        return images
+    return torch.where(flips[:, None, None, None], images.flip(-1), images)
 
 
 def to_pil_images(images: torch.Tensor) -> list[Image.Image]:

@@ -27,7 +27,7 @@ class FeatureMapper(nn.Module):
             batch_first=True,
             norm_first=True,
         )
-        self.queries = nn.Parameter(torch.randn(cfg.num_queries, cfg.width) * 0.02)  # (Q, W)
+        self.queries = nn.Parameter(torch.randn(cfg.num_queries, cfg.width) * cfg.query_init_std)  # (Q, W)
         # The paper's width equals SD 2.1's text width (1024) and has no output head;
         # a narrower mapper (the tiny preset) gets a linear head to the UNet's width.
         self.out = nn.Identity() if cfg.width == cross_attention_dim else nn.Linear(cfg.width, cross_attention_dim)

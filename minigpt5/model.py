@@ -15,10 +15,12 @@ from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import drop_features, sample_latents
+from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
-from minigpt5.randomness import Generators
+from minigpt5.projection import build_input_projection
+from minigpt5.randomness import Generators, draw
 from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
 from minigpt5.vision import IMAGE_TOKEN
 from minigpt5.vokens import VokenRows
@@ -107,7 +109,12 @@ class MiniGPT5(nn.Module):
         self.latents = parts.latents
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.vision = parts.vision
-        self.input_projection = nn.Linear(parts.vision.width, hidden) if parts.vision is not None else None
+        self.input_projection = (
+            build_input_projection(parts.vision.width, hidden, cfg.vision.projection_path)
+            if parts.vision is not None else None
+        )
+        if not cfg.vision.train_projection:  # frozen weights from a file (MiniGPT-4's): fingerprinted like the rest
+            self.frozen_fingerprint.update(fingerprints({"input_projection": self.input_projection}))
         # diffusers' ``.dtype`` walks every submodule; the UNet's dtype is fixed by the config.
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
@@ -124,10 +131,13 @@ class MiniGPT5(nn.Module):
     # ---- what trains ----
 
     def is_trainable_name(self, name: str) -> bool:
-        """The single rule for what trains: voken rows, mapper, input projection, LLM adapter."""
+        """The single rule for what trains: voken rows, mapper, input projection (unless
+        ``vision.train_projection`` is off), LLM adapter."""
         if name.startswith(("mapper.mlp.", "mapper.queries")):
             return self.cfg.mapper.train_mlp_and_queries
-        if name.startswith(("vokens.", "mapper.", "input_projection.")):
+        if name.startswith("input_projection."):
+            return self.cfg.vision.train_projection
+        if name.startswith(("vokens.", "mapper.")):
             return True
         return name.startswith("llm.") and name[len("llm."):] in self._adapter_names
 
@@ -181,8 +191,10 @@ class MiniGPT5(nn.Module):
             return embeds
         if input_pixels is None or self.vision is None:
             raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
+        # Context-image flips come from the global RNG, which training seeds per micro-batch.
+        flips = self.training_flips(input_pixels.shape[0], None, input_pixels.device)
         with torch.no_grad():
-            tokens = self.vision(input_pixels)  # (M, k, Dv)
+            tokens = self.vision(flip_where(input_pixels, flips))  # (M, k, Dv)
         features = self.input_projection(tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
         if features.shape[0] * features.shape[1] != int(is_image.sum()):
             raise ValueError(
@@ -205,8 +217,11 @@ class MiniGPT5(nn.Module):
         """Hidden states at the positions that predict each voken -> (N, n, D).
 
         For every ``[IMG0]`` at position p, positions p-1 .. p+n-2 predict [IMG0]..[IMG{n-1}].
-        These are the states generation has when it emits the vokens. (The paper's code
-        trains on positions p .. p+n-1 but generates from p-1 .. p+n-2, a mismatch we avoid.)
+        These are the states generation has when it emits the vokens. The official code reads
+        the same positions in training (``minigpt4/models/mini_gpt5.py`` lines 278-283 shift the
+        ``[IMG0]`` index by -1; ``model.py`` line 268 takes n states from there) and in
+        generation (``model.py`` lines 317-321: the state before ``[IMG0]``, then those of
+        ``[IMG0]``..``[IMG{n-2}]``).
         """
         n = self.cfg.vokens.num_vokens
         rows, starts = (input_ids == self.voken_ids[0]).nonzero(as_tuple=True)  # (N,), (N,)
@@ -226,6 +241,14 @@ class MiniGPT5(nn.Module):
         zeros = torch.zeros(count, self.cfg.vokens.num_vokens, d, device=self.mapper.queries.device)
         return self.condition(zeros)
 
+    def training_flips(self, count: int, generator: Generators, device: torch.device) -> Optional[torch.Tensor]:
+        """Which of ``count`` images to mirror (``augment.hflip``, in training only) -> (count,) bool,
+        or None when nothing is flipped (then nothing is drawn from ``generator``)."""
+        p = self.cfg.augment.hflip
+        if not self.training or p == 0:
+            return None
+        return draw(torch.rand, (count,), generator, device=device) < p
+
     # ---- the diffusion side ----
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -237,16 +260,23 @@ class MiniGPT5(nn.Module):
         return self.latents.encode(pixels, generator).float()
 
     @torch.no_grad()
-    def target_latents(self, batch: dict[str, torch.Tensor], generator: Generators = None) -> torch.Tensor:
+    def target_latents(
+        self, batch: dict[str, torch.Tensor], generator: Generators = None, flips: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The batch's targets as scaled latents (N, c, h, w), from cached moments where given.
 
         Cached targets skip the VAE encoder; the rest are encoded now. All N moments are
         then sampled in one draw, so the latents (and the loss) are the same whether a
         target's moments came from the cache or from the encoder.
+
+        ``flips`` (N,) mirrors those targets: pixels before encoding (as the official code
+        flips images), cached moments after it. The VAE is convolutional, so a mirrored
+        latent is close to, but not bit-equal to, the latent of the mirrored image; with
+        flips, cached and encoded targets therefore give slightly different losses.
         """
         moments = batch.get("target_latent_moments")
         if moments is None:
-            return self.encode_images(batch["target_pixels"], generator)
+            return self.encode_images(flip_where(batch["target_pixels"], flips), generator)
         if not isinstance(self.latents, VAELatents):
             raise ValueError("the batch has cached target_latent_moments but diffusion.latent_space is 'pixel'")
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
@@ -257,7 +287,9 @@ class MiniGPT5(nn.Module):
                 f"at diffusion.resolution {self.cfg.diffusion.resolution} needs {expected}"
             )
         cached = batch.get("target_cached")
-        if cached is not None:
+        if cached is None:
+            moments = flip_where(moments.float(), flips)
+        else:
             pixels = batch["target_pixels"]
             if int(cached.sum()) != moments.shape[0] or int((~cached).sum()) != pixels.shape[0]:
                 raise ValueError(
@@ -265,9 +297,9 @@ class MiniGPT5(nn.Module):
                     f"{moments.shape[0]} cached moments and {pixels.shape[0]} target images"
                 )
             merged = moments.new_empty((cached.shape[0], *expected))  # (N, 2c, h, w)
-            merged[cached] = moments.float()
+            merged[cached] = flip_where(moments.float(), None if flips is None else flips[cached])
             if pixels.shape[0]:
-                merged[~cached] = self.latents.moments(pixels)
+                merged[~cached] = self.latents.moments(flip_where(pixels, None if flips is None else flips[~cached]))
             moments = merged
         return self.latents.sample(moments, generator).float()
 
@@ -300,7 +332,8 @@ class MiniGPT5(nn.Module):
             return MiniGPT5Output(text=loss_text, ldm=zero_through(self.mapper), cap=None)
         features, dropped = drop_features(features, self.cfg.guidance.cfg_dropout if self.training else 0.0, generator)
         cond = self.condition(features)  # (N, Q, C)
-        latents = self.target_latents(batch, generator)  # (N, c, h, w)
+        flips = self.training_flips(features.shape[0], generator, features.device)  # augment.hflip
+        latents = self.target_latents(batch, generator, flips)  # (N, c, h, w)
         loss_ldm = ldm_loss(
             self.denoise, self.scheduler, latents, cond,
             min_snr_gamma=self.cfg.loss.min_snr_gamma, generator=generator,

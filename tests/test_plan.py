@@ -59,10 +59,12 @@ def eva_vit_g(d: int = 1408, ff: int = 6144, layers: int = 39, patch: int = 14, 
 
 
 def qformer(h: int = 768, ff: int = 3072, vision: int = 1408, layers: int = 12, every: int = 2, queries: int = 32) -> int:
+    """MiniGPT-4's Q-Former: the queries' feed-forward only, no text branch (as in BLIP-2's
+    FlanT5 checkpoints; the first-stage one, blip2-itm-vit-g, has a second, text feed-forward)."""
     self_attention = 4 * linear(h, h) + 2 * h
-    feed_forward = linear(h, ff) + linear(ff, h) + 2 * h  # text branch and query branch each
+    feed_forward = linear(h, ff) + linear(ff, h) + 2 * h
     cross_attention = linear(h, h) + 2 * linear(vision, h) + linear(h, h) + 2 * h
-    per_layer = self_attention + 2 * feed_forward
+    per_layer = self_attention + feed_forward
     return layers * per_layer + (layers // every) * cross_attention + 2 * h + queries * h
 
 
@@ -95,11 +97,13 @@ def test_paper_stage2_counts_on_meta():
     model = MiniGPT5.on_meta(settings(STAGE2).model)
     m = mapper()
     total, trainable = counts(model)
-    assert sum(p.numel() for p in model.vision.parameters()) == eva_vit_g() + qformer()
-    # Stage 2 trains LoRA, the voken rows, the mapper's transformer (not its MLP and queries)
-    # and the input projection.
-    assert trainable == LORA + VOKEN_ROWS + m["transformer"] + PROJECTION
-    assert total == (llama_7b() + LORA + VOKEN_ROWS + sum(m.values()) + PROJECTION + eva_vit_g() + qformer()
+    tower = eva_vit_g() + qformer()  # Salesforce/blip2-flan-t5-xxl's, MiniGPT-4's Q-Former
+    assert sum(p.numel() for p in model.vision.parameters()) == tower
+    # Stage 2 trains LoRA, the voken rows and the mapper's transformer (not its MLP and
+    # queries); the input projection is MiniGPT-4's, frozen, as in the official code.
+    assert trainable == LORA + VOKEN_ROWS + m["transformer"]
+    assert not model.input_projection.weight.requires_grad
+    assert total == (llama_7b() + LORA + VOKEN_ROWS + sum(m.values()) + PROJECTION + tower
                      + SD21_UNET + SD21_TEXT_ENCODER + SD21_VAE)
 
 

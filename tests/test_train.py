@@ -165,7 +165,7 @@ def test_unknown_config_key_is_rejected(tmp_path, capsys):
 def test_paper_config_names_the_missing_weights(tmp_path):
     args = ["fit", "-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/paper.yaml"),
             f"--trainer.default_root_dir={tmp_path}"]
-    with pytest.raises(WeightsNotFoundError, match="lmsys/vicuna-7b-v1.5"):
+    with pytest.raises(WeightsNotFoundError, match="Vision-CAIR/vicuna-7b"):
         run_lightning(MiniGPT5Module, args)
 
 
