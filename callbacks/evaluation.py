@@ -14,6 +14,7 @@ from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import metric_value
 from evaluation.systems import MiniGPT5System
 from minigpt5.decoding import PRESETS, resolve_decoding
+from minigpt5.generate import GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ class EvaluationCallback(Callback):
         self._last_step = -1
         self.last_run: Optional[Run] = None
 
+    def generation_config(self, protocol: str) -> GenerationConfig:
+        """The protocol's decoding preset under this callback's decoding arguments."""
+        return resolve_decoding(decoding_preset(protocol), **self.decoding)
+
     def _due(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return False
@@ -99,7 +104,7 @@ class EvaluationCallback(Callback):
                                 else load_extractors(protocol, self.paths))
         self._extractors.to(pl_module.device)
         model = pl_module.model
-        gen = resolve_decoding(decoding_preset(protocol), **self.decoding)
+        gen = self.generation_config(protocol)
         system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context)
         was_training = model.training
         model.eval()

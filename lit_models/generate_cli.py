@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from lit_models.pages import write_outputs
 from minigpt5.config import SAMPLER_NAMES
 from minigpt5.decoding import PRESETS, resolve_decoding
-from minigpt5.generate import check_image_markers, generate
+from minigpt5.generate import GenerationConfig, check_image_markers, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """The ``--decoding`` preset under the flags that were set."""
+    return resolve_decoding(
+        args.decoding, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, do_sample=False if args.greedy else None, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, penalty_scope=args.penalty_scope,
+        max_images=args.max_images, force_image=args.force_image or None,
+        guidance_scale=args.guidance_scale, num_inference_steps=args.steps, sampler=args.sampler,
+        seed=args.seed, use_cache=False if args.no_cache else None,
+    )
+
+
 def load_model(args: argparse.Namespace):
     if args.tiny:
         from minigpt5.config import MiniGPT5Config, VisionConfig
@@ -80,14 +92,7 @@ def load_images(paths: list[str]) -> list[Image.Image]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = resolve_decoding(
-            args.decoding, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-            temperature=args.temperature, do_sample=False if args.greedy else None, top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty, penalty_scope=args.penalty_scope,
-            max_images=args.max_images, force_image=args.force_image or None,
-            guidance_scale=args.guidance_scale, num_inference_steps=args.steps, sampler=args.sampler,
-            seed=args.seed, use_cache=False if args.no_cache else None,
-        )
+        cfg = generation_config(args)
         check_image_markers(args.prompt, len(args.image))  # before the model is built
         images = load_images(args.image)
         model = load_model(args).to(args.device)
