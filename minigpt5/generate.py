@@ -55,7 +55,9 @@ class GenerationConfig:
     # "context", every text token of the sequence, prompt included (no vokens).
     penalty_scope: Literal["generated", "context"] = "generated"
     max_images: Optional[int] = None  # [IMG0] is masked once this many images are drawn; None = no limit; 0 = text only
-    force_image: bool = False  # write [IMG0] first, as the official force_generation does (until one is drawn)
+    # Write [IMG0] until an image is drawn, i.e. first: the official force_generation, which sets its
+    # logit to 10x the top one until [IMG0] is written (minigpt4/models/generation_helper.py:208-211).
+    force_image: bool = False
     guidance_scale: Optional[float] = None  # None -> model.cfg.guidance.scale
     num_inference_steps: Optional[int] = None  # None -> model.cfg.guidance.num_inference_steps
     sampler: Optional[str] = None  # None -> model.cfg.guidance.sampler (a minigpt5.guidance.SAMPLERS name)
@@ -299,15 +301,16 @@ def choose_token(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-# ---- the loop ----
-
 def penalised_ids(cfg: GenerationConfig, written: list[int], sequence: list[int], vokens: list[int], vocab: int) -> list[int]:
-    """The ids the repetition penalty lowers, by ``cfg.penalty_scope``: the tokens written so far
-    (``generated``), or every text token of the whole ``sequence``, prompt included (``context``)."""
+    """The ids the repetition penalty lowers, by ``cfg.penalty_scope``: the tokens written so far,
+    [IMG0] included (``generated``), or every text token of the whole ``sequence``, prompt
+    included (``context``)."""
     if cfg.penalty_scope == "generated":
         return sorted({t for t in written if t < vocab})
     return sorted({t for t in sequence if t < vocab and t not in vokens})
 
+
+# ---- the loop ----
 
 def generation_settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, Any]:
     """``cfg`` as a dict, with the model's guidance scale, step count and sampler filled in where unset."""
