@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import numbers
 from typing import Optional
@@ -10,11 +9,11 @@ from typing import Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
-from evaluation.items import WORLD_PROTOCOLS, detect_protocol, read_items
+from evaluation.items import decoding_preset, detect_protocol, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import metric_value
-from evaluation.world_scores import WORLD_SAMPLING
 from evaluation.systems import MiniGPT5System
+from minigpt5.decoding import PRESETS, resolve_decoding
 from minigpt5.generate import GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,9 @@ class EvaluationCallback(Callback):
     suits DDP; under FSDP or ZeRO-3, whose weights are sharded, evaluate checkpoints with
     ``minigpt5 eval`` instead. ``extractors="tiny"`` uses random small networks (offline
     runs, tests): their numbers only show the pipeline works.
+
+    Decoding follows the protocol's preset (:mod:`minigpt5.decoding`), as ``minigpt5 eval``
+    does; each decoding argument left at None keeps the preset's value.
     """
 
     def __init__(
@@ -45,7 +47,11 @@ class EvaluationCallback(Callback):
         extractors: str = "real",
         guidance_scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        penalty_scope: Optional[str] = None,
         seed: int = 42,
         paths: ExtractorPaths = ExtractorPaths(),
         grid_items: int = 8,
@@ -59,13 +65,19 @@ class EvaluationCallback(Callback):
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.max_items, self.shards, self.protocol = max_items, shards, protocol
         self.targets, self.context, self.extractor_kind, self.paths = targets, context, extractors, paths
-        self.gen = GenerationConfig(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
-                                    num_inference_steps=num_inference_steps, seed=seed)
-        self.world_gen = dataclasses.replace(self.gen, **WORLD_SAMPLING)
+        self.decoding = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             repetition_penalty=repetition_penalty, penalty_scope=penalty_scope, seed=seed)
+        for preset in PRESETS:  # a bad value fails here, not at the first evaluation
+            resolve_decoding(preset, **self.decoding)
         self.grid_items = grid_items
         self._extractors: Optional[Extractors] = None
         self._last_step = -1
         self.last_run: Optional[Run] = None
+
+    def generation_config(self, protocol: str) -> GenerationConfig:
+        """The protocol's decoding preset under this callback's decoding arguments."""
+        return resolve_decoding(decoding_preset(protocol), **self.decoding)
 
     def _due(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -92,7 +104,7 @@ class EvaluationCallback(Callback):
                                 else load_extractors(protocol, self.paths))
         self._extractors.to(pl_module.device)
         model = pl_module.model
-        gen = self.world_gen if protocol in WORLD_PROTOCOLS else self.gen
+        gen = self.generation_config(protocol)
         system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context)
         was_training = model.training
         model.eval()

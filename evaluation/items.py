@@ -32,6 +32,12 @@ PROTOCOLS = ("cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog")
 WORLD_PROTOCOLS = ("synthetic-vist", "synthetic-dialog")  # scored by the synthetic world's rules
 
 
+def decoding_preset(protocol: str) -> str:
+    """The :data:`minigpt5.decoding.PRESETS` entry a protocol decodes with: ``world`` for the
+    synthetic world's (its rules score text word for word), ``official`` for the paper's."""
+    return "world" if protocol in WORLD_PROTOCOLS else "official"
+
+
 @dataclass
 class EvalItem:
     """One test item: ``context`` turns in, the target turn (``text``, ``images``) to produce."""

@@ -1,6 +1,6 @@
 """The systems a protocol runs: MiniGPT-5 and the Stable Diffusion 2 baseline.
 
-Both draw with the same frozen UNet, DDIM sampler, guidance scale, step count and,
+Both draw with the same frozen UNet, sampler, guidance scale, step count and,
 for each item, the same seed (derived from the item's group and step), so the
 comparison isolates the conditioning: MiniGPT-5's voken features through the mapper
 vs SD's own text encoder reading the text.
@@ -81,7 +81,7 @@ class MiniGPT5System:
         batch = self.encoder.collate([encoded])
         images = self.model.images_for_batch(
             batch, scale=self.settings["guidance_scale"], num_inference_steps=self.settings["num_inference_steps"],
-            generator=_generator(self.model, item_seed(self.gen.seed, item)),
+            generator=_generator(self.model, item_seed(self.gen.seed, item)), sampler=self.settings["sampler"],
         )
         return to_pil_images(images)[0]
 
@@ -103,7 +103,7 @@ class StableDiffusionBaseline:
 
     def __init__(
         self, model: MiniGPT5, *, text: Literal["target", "story"] = "target", guidance_scale: Optional[float] = None,
-        num_inference_steps: Optional[int] = None, seed: int = 42,
+        num_inference_steps: Optional[int] = None, sampler: Optional[str] = None, seed: int = 42,
     ) -> None:
         if text not in ("target", "story"):
             raise ConfigError(f"the SD baseline's text must be 'target' or 'story'; got {text!r}")
@@ -111,11 +111,12 @@ class StableDiffusionBaseline:
         self.model, self.text, self.seed = model, text, seed
         self.guidance_scale = g.scale if guidance_scale is None else guidance_scale
         self.num_inference_steps = num_inference_steps or g.num_inference_steps
+        self.sampler = sampler or g.sampler
 
     @property
     def settings(self) -> dict[str, object]:
         return {"guidance_scale": self.guidance_scale, "num_inference_steps": self.num_inference_steps,
-                "seed": self.seed, "sd_text": self.text}
+                "sampler": self.sampler, "seed": self.seed, "sd_text": self.text}
 
     def prompt(self, item: EvalItem) -> str:
         if self.text == "target":
@@ -136,6 +137,7 @@ class StableDiffusionBaseline:
         images = model.images_from_condition(
             model.encode_captions(ids), model.null_caption(length, device), scale=self.guidance_scale,
             num_inference_steps=self.num_inference_steps, generator=_generator(model, item_seed(self.seed, item)),
+            sampler=self.sampler,
         )
         return to_pil_images(images)[0]
 
@@ -146,10 +148,11 @@ class WriteThenDraw:
     name = "LLM text, then SD"
 
     def __init__(self, model: MiniGPT5, gen: GenerationConfig) -> None:
-        self.writer = MiniGPT5System(model, dataclasses.replace(gen, max_images=0), context="text")
+        self.writer = MiniGPT5System(model, dataclasses.replace(gen, max_images=0, force_image=False), context="text")
         settings = self.writer.settings
         self.painter = StableDiffusionBaseline(model, text="target", guidance_scale=settings["guidance_scale"],
-                                               num_inference_steps=settings["num_inference_steps"], seed=gen.seed)
+                                               num_inference_steps=settings["num_inference_steps"],
+                                               sampler=settings["sampler"], seed=gen.seed)
 
     @property
     def settings(self) -> dict[str, object]:

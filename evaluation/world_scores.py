@@ -30,10 +30,8 @@ from data_modules.synthetic import dominant_colour, dominant_shape
 from data_modules.world import COLOURS, SAME_COLOUR, SHAPES
 
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES)}
-# How the world's turns are decoded wherever they are scored (``minigpt5 eval``, the evaluation
-# callback): word for word, so greedily, and without a repetition penalty, since the rules
-# repeat words ("first a red circle" / "then a red square").
-WORLD_SAMPLING = {"temperature": 0.0, "repetition_penalty": 1.0}
+# The world's turns are decoded greedily and without a repetition penalty wherever they are
+# scored: minigpt5.decoding's "world" preset, which evaluation.items.decoding_preset picks.
 
 
 def words(text: str) -> list[str]:

@@ -5,15 +5,19 @@
       --shards 'data/vist/test/{000000..000005}.tar' --systems minigpt5 sd2 --guidance-scale 1 3 7.5
 
 Writes ``results.md`` and ``results.json`` (metrics, settings, checkpoint path and hash)
-and ``samples_*.png`` (ground truth above generated) to ``--out``. Defaults follow the
-paper's code: guidance 7.5, 50 diffusion steps, temperature 1.0, repetition penalty
-2.0, at most 256 new tokens, seed 42. ``--guidance-scale`` takes several values to
-sweep (1 means no guidance); each gives one row per system.
+and ``samples_*.png`` (ground truth above generated) to ``--out``. Unset decoding flags
+take the protocol's preset (:mod:`minigpt5.decoding`): for cc3m, vist and mmdialog the
+official code's (guidance 7.5, 50 diffusion steps, temperature 1.0, top-p 0.9, repetition
+penalty 2.0 over the generated tokens, 1 to 256 new tokens), for the synthetic world's
+greedy without a penalty; the diffusion sampler is the model config's (``guidance.sampler``),
+seed 42. ``--guidance-scale`` takes several values to sweep (1 means no guidance); each
+gives one row per system.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import sys
@@ -24,13 +28,14 @@ import torch
 
 from data_modules.shards import SampleCounter
 from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
-from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, read_items
+from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, decoding_preset, read_items
 from evaluation.protocols import Run, comparison_grid, run_protocol
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, WriteThenDraw
-from evaluation.world_scores import WORLD_SAMPLING, world_summary
+from evaluation.world_scores import world_summary
 from lit_models.pages import world_examples_html
-from minigpt5.config import ConfigError
+from minigpt5.config import SAMPLER_NAMES, ConfigError
+from minigpt5.decoding import resolve_decoding
 from minigpt5.generate import GenerationConfig
 from minigpt5.images import to_pil_images
 from minigpt5.loading import WeightsNotFoundError
@@ -54,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SD2 baseline prompt: the target step's text, or the whole story so far")
     parser.add_argument("--guidance-scale", type=float, nargs="+",
                         help="one row per value (default: 7.5; synthetic protocols: the model's own)")
-    parser.add_argument("--steps", type=int, help="diffusion (DDIM) steps (default: 50; synthetic: the model's own)")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default: 50; synthetic: the model's own)")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="diffusion sampler (default: the model's guidance.sampler)")
     parser.add_argument("--temperature", type=float, help="0 is greedy (default: 1.0; synthetic: 0)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (default: 0.9; synthetic: greedy)")
     parser.add_argument("--repetition-penalty", type=float, help="default: 2.0; synthetic: 1.0 (off)")
+    parser.add_argument("--penalty-scope", choices=("generated", "context"),
+                        help="tokens the penalty counts: the generated ones (default, the official code's) "
+                             "or the whole context, prompt included")
     parser.add_argument("--max-new-tokens", type=int, help="default: 256; synthetic: 32")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-items", type=int, default=None, help="stop after this many test items")
@@ -78,30 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Decoding defaults: the paper code's for its protocols; for the synthetic world, the world's
-# sampling (evaluation.world_scores.WORLD_SAMPLING) and the model's own guidance and steps.
-PAPER_DECODING = {"guidance_scale": [7.5], "steps": 50, "temperature": 1.0, "repetition_penalty": 2.0,
-                  "max_new_tokens": 256}
-WORLD_DECODING = {"guidance_scale": [None], "steps": None, "max_new_tokens": 32, **WORLD_SAMPLING}
-
-
-def with_decoding_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with each unset decoding flag at its protocol's default."""
-    defaults = WORLD_DECODING if args.protocol in WORLD_PROTOCOLS else PAPER_DECODING
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def make_system(name: str, model: Any, args: argparse.Namespace, scale: Optional[float]) -> Any:
-    if name == "sd2":
-        return StableDiffusionBaseline(model, text=args.sd2_text, guidance_scale=scale,
-                                       num_inference_steps=args.steps, seed=args.seed)
-    gen = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-        guidance_scale=scale, num_inference_steps=args.steps, seed=args.seed,
+def decoding_config(args: argparse.Namespace) -> GenerationConfig:
+    """The protocol's decoding preset under the flags that were set."""
+    return resolve_decoding(
+        decoding_preset(args.protocol), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, penalty_scope=args.penalty_scope,
+        num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed,
     )
+
+
+def make_system(name: str, model: Any, args: argparse.Namespace, gen: GenerationConfig) -> Any:
+    if name == "sd2":
+        return StableDiffusionBaseline(model, text=args.sd2_text, guidance_scale=gen.guidance_scale,
+                                       num_inference_steps=gen.num_inference_steps, sampler=gen.sampler, seed=gen.seed)
     if name == "llm-then-sd":
         return WriteThenDraw(model, gen)
     return MiniGPT5System(model, gen, context="text" if args.protocol == "cc3m" else args.context)
@@ -131,9 +130,10 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for scale in args.guidance_scale:
+    gen = decoding_config(args)
+    for scale in args.guidance_scale or [gen.guidance_scale]:
         for name in args.systems:
-            system = make_system(name, model, args, scale)
+            system = make_system(name, model, args, dataclasses.replace(gen, guidance_scale=scale))
             counter = SampleCounter()
             items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
             run = run_protocol(system, items, args.protocol, extractors, resolution, keep_examples=args.examples,
@@ -166,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = with_decoding_defaults(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         json_path, md_path = evaluate(args)

@@ -4,6 +4,9 @@
   minigpt5 generate --tiny --prompt "look: <image> and then" --image cat.png --out outputs/try
 
 Writes ``story.html`` (self-contained), ``image_000.png`` .. and ``record.json`` to ``--out``.
+Unset decoding flags take the ``--decoding`` preset (:mod:`minigpt5.decoding`): ``official``,
+the authors' code (temperature 1, top-p 0.9, repetition penalty 2 over the generated tokens,
+guidance 7.5, 50 steps), or ``world``, greedy for the synthetic world's checkpoints (the demo's).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lit_models.pages import write_outputs
+from minigpt5.config import SAMPLER_NAMES
+from minigpt5.decoding import PRESETS, resolve_decoding
 from minigpt5.generate import GenerationConfig, check_image_markers, generate
 
 
@@ -28,20 +33,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="input image, repeatable, matched to the <image> markers in order")
     parser.add_argument("--out", default="outputs/generate", help="folder for story.html, the PNGs and record.json")
-    defaults = GenerationConfig()
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens)
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    parser.add_argument("--decoding", choices=tuple(PRESETS), default="official",
+                        help="preset for every decoding flag left unset")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--min-new-tokens", type=int)
+    parser.add_argument("--temperature", type=float, help="0 = greedy")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (same as --temperature 0)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    parser.add_argument("--max-images", type=int, default=defaults.max_images, help="stop drawing after this many")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model config's")
-    parser.add_argument("--steps", type=int, default=None, help="diffusion steps; default: the model config's")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--penalty-scope", choices=("generated", "context"),
+                        help="tokens the penalty counts: the generated ones or the whole context, prompt included")
+    parser.add_argument("--max-images", type=int, help="stop drawing after this many (0: text only)")
+    parser.add_argument("--force-image", action="store_true",
+                        help="write [IMG0] first, as the official code's force_generation does")
+    parser.add_argument("--guidance-scale", type=float, help="default: the preset's, else the model config's")
+    parser.add_argument("--steps", type=int, help="diffusion steps; default: the preset's, else the model config's")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="diffusion sampler; default: the model config's")
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix for every token")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """The ``--decoding`` preset under the flags that were set."""
+    return resolve_decoding(
+        args.decoding, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, do_sample=False if args.greedy else None, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, penalty_scope=args.penalty_scope,
+        max_images=args.max_images, force_image=args.force_image or None,
+        guidance_scale=args.guidance_scale, num_inference_steps=args.steps, sampler=args.sampler,
+        seed=args.seed, use_cache=False if args.no_cache else None,
+    )
 
 
 def load_model(args: argparse.Namespace):
@@ -69,13 +92,7 @@ def load_images(paths: list[str]) -> list[Image.Image]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-            temperature=args.temperature, do_sample=not args.greedy, top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty, max_images=args.max_images,
-            guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-            seed=args.seed, use_cache=not args.no_cache,
-        )
+        cfg = generation_config(args)
         check_image_markers(args.prompt, len(args.image))  # before the model is built
         images = load_images(args.image)
         model = load_model(args).to(args.device)

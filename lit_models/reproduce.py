@@ -114,7 +114,7 @@ def run_fit(args: list[str], root: Path) -> Path:
 
 def run_eval(ckpt: Path, protocol: str, shards: str, out: Path, budget: Budget, *extra: str) -> list[dict[str, Any]]:
     """``minigpt5 eval`` in this process -> its result rows."""
-    from lit_models.eval_cli import build_parser, evaluate, with_decoding_defaults
+    from lit_models.eval_cli import build_parser, evaluate
 
     argv = ["--ckpt", str(ckpt), "--protocol", protocol, "--shards", shards, "--out", str(out), "--no-progress",
             "--examples", "24", *extra]
@@ -122,7 +122,7 @@ def run_eval(ckpt: Path, protocol: str, shards: str, out: Path, budget: Budget, 
         argv += ["--max-items", str(budget.items)]
     if budget.diffusion_steps is not None:
         argv += ["--steps", str(budget.diffusion_steps)]
-    json_path, _ = evaluate(with_decoding_defaults(build_parser().parse_args(argv)))
+    json_path, _ = evaluate(build_parser().parse_args(argv))  # decoding: the protocol's preset
     return json.loads(json_path.read_text())["rows"]
 
 

@@ -9,7 +9,7 @@ from that local folder or hub id instead of being built from the tiny sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 
 class ConfigError(ValueError):
@@ -174,6 +174,12 @@ class LossConfig:
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
 
 
+# Sampling schedulers by name (diffusers classes in minigpt5.guidance.SAMPLERS), each built from
+# the training scheduler's config so its betas and prediction type carry over.
+Sampler = Literal["pndm", "ddim", "ddpm", "dpm++", "unipc", "euler", "euler-a"]
+SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
+
+
 @dataclass
 class AugmentConfig:
     """Training-time image augmentation (never at validation or inference)."""
@@ -191,10 +197,12 @@ class GuidanceConfig:
     cfg_dropout: float = 0.1  # probability a target's voken features are zeroed in training
     scale: float = 7.5
     num_inference_steps: int = 50
+    sampler: Sampler = "ddim"  # the tiny preset's; the paper preset sets the SD pipeline's pndm
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.cfg_dropout < 1.0, f"guidance.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         _check(self.num_inference_steps >= 1, "guidance.num_inference_steps must be >= 1")
+        _check_choice("guidance.sampler", self.sampler, SAMPLER_NAMES)
 
 
 @dataclass

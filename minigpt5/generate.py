@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import torch
 from PIL import Image
 
+from minigpt5.config import SAMPLER_NAMES
 from minigpt5.images import to_pil_images, to_target_tensor
 from minigpt5.vision import normalise_for_tower
 
@@ -48,10 +49,18 @@ class GenerationConfig:
     temperature: float = 1.0  # 0 means greedy
     do_sample: bool = True  # False means greedy, whatever the temperature
     top_p: float = 1.0  # nucleus sampling: smallest set of tokens with this much probability
-    repetition_penalty: float = 1.0  # CTRL-style, on the text tokens already in the sequence; 1 = off
-    max_images: Optional[int] = None  # [IMG0] is masked once this many images are drawn; None = no limit
+    repetition_penalty: float = 1.0  # CTRL-style: a seen token's logit divided (> 0) or multiplied (< 0); 1 = off
+    # Which tokens count as seen: "generated", the ones written so far, [IMG0] included (the official
+    # code's, whose HF generate is given only embeddings, so its input_ids are the new tokens); or
+    # "context", every text token of the sequence, prompt included (no vokens).
+    penalty_scope: Literal["generated", "context"] = "generated"
+    max_images: Optional[int] = None  # [IMG0] is masked once this many images are drawn; None = no limit; 0 = text only
+    # Write [IMG0] until an image is drawn, i.e. first: the official force_generation, which sets its
+    # logit to 10x the top one until [IMG0] is written (minigpt4/models/generation_helper.py:208-211).
+    force_image: bool = False
     guidance_scale: Optional[float] = None  # None -> model.cfg.guidance.scale
     num_inference_steps: Optional[int] = None  # None -> model.cfg.guidance.num_inference_steps
+    sampler: Optional[str] = None  # None -> model.cfg.guidance.sampler (a minigpt5.guidance.SAMPLERS name)
     seed: int = 42  # one generator for token sampling and diffusion
     use_cache: bool = True  # False recomputes the whole prefix for every token (reference, benchmark)
 
@@ -62,7 +71,12 @@ class GenerationConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (self.penalty_scope in ("generated", "context"),
+             f"penalty_scope must be generated or context, got {self.penalty_scope!r}"),
             (self.max_images is None or self.max_images >= 0, f"max_images must be >= 0 or None, got {self.max_images}"),
+            (not (self.force_image and self.max_images == 0), "force_image asks for an image but max_images is 0"),
+            (self.sampler is None or self.sampler in SAMPLER_NAMES,
+             f"sampler must be one of {', '.join(SAMPLER_NAMES)} or None, got {self.sampler!r}"),
             (self.num_inference_steps is None or self.num_inference_steps >= 1,
              f"num_inference_steps must be >= 1 or None, got {self.num_inference_steps}"),
         ]
@@ -287,14 +301,24 @@ def choose_token(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def penalised_ids(cfg: GenerationConfig, written: list[int], sequence: list[int], vokens: list[int], vocab: int) -> list[int]:
+    """The ids the repetition penalty lowers, by ``cfg.penalty_scope``: the tokens written so far,
+    [IMG0] included (``generated``), or every text token of the whole ``sequence``, prompt
+    included (``context``)."""
+    if cfg.penalty_scope == "generated":
+        return sorted({t for t in written if t < vocab})
+    return sorted({t for t in sequence if t < vocab and t not in vokens})
+
+
 # ---- the loop ----
 
 def generation_settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, Any]:
-    """``cfg`` as a dict, with the model's guidance scale and step count filled in where unset."""
+    """``cfg`` as a dict, with the model's guidance scale, step count and sampler filled in where unset."""
     settings = asdict(cfg)
     g = model.cfg.guidance
     settings["guidance_scale"] = g.scale if cfg.guidance_scale is None else cfg.guidance_scale
     settings["num_inference_steps"] = cfg.num_inference_steps or g.num_inference_steps
+    settings["sampler"] = cfg.sampler or g.sampler
     return settings
 
 
@@ -350,9 +374,11 @@ def generate_from_ids(
                 banned = banned + [tok.eos_token_id]
             if cfg.max_images is not None and len(drawn) >= cfg.max_images:
                 banned = banned + [vokens[0]]
+            elif cfg.force_image and not drawn:
+                return vokens[0]
             seen = None
             if cfg.repetition_penalty != 1.0:
-                seen = torch.tensor(sorted({t for t in reader.ids if t < vocab and t not in vokens}), dtype=torch.long,
+                seen = torch.tensor(penalised_ids(cfg, written, reader.ids, vokens, vocab), dtype=torch.long,
                                     device=logits.device)
             return choose_token(logits, cfg, banned=banned, seen=seen, generator=generator)
 
@@ -368,6 +394,7 @@ def generate_from_ids(
                 image = model.images_from_features(
                     feats[None], scale=settings["guidance_scale"],
                     num_inference_steps=settings["num_inference_steps"], generator=generator,
+                    sampler=settings["sampler"],
                 )  # (1, 3, H, W) in [-1, 1]
                 drawn += to_pil_images(image)
                 if model.vision is not None and len(written) < cfg.max_new_tokens:

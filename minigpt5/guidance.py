@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+from typing import Any, Mapping, Optional
 
 import torch
-from diffusers import SchedulerMixin
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
 
+from minigpt5.config import ConfigError
 from minigpt5.losses import Denoiser
 from minigpt5.randomness import Generators, draw
+
+# guidance.sampler -> (scheduler class, settings over the training scheduler's config).
+# pndm is what StableDiffusionPipeline samples with for SD 2.1 base, the official code's
+# sampler (its model.py:95-100 and 328 call the pipeline with its own scheduler, 50 steps);
+# SD's scheduler_config.json sets skip_prk_steps, set here too for configs without it (the
+# tiny preset's). The names must match minigpt5.config.Sampler (a test checks).
+SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}),
+}
+
+
+def build_sampler(name: str, training_config: Mapping[str, Any]) -> SchedulerMixin:
+    """The sampling scheduler ``name`` built from the training scheduler's config (betas,
+    prediction type, timestep offset carry over)."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"guidance.sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
+    cls, settings = SAMPLERS[name]
+    return cls.from_config(training_config, **settings)
 
 
 def drop_features(features: torch.Tensor, p: float, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,12 +85,17 @@ def sample_latents(
     num_inference_steps: int,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Run the sampling scheduler from pure noise under guidance -> latents of ``shape``."""
+    """Run the sampling scheduler from pure noise under guidance -> latents of ``shape``.
+
+    ``generator`` also feeds the steps of stochastic schedulers (DDPM, ancestral Euler, ...);
+    schedulers whose ``step`` takes none (PNDM) are deterministic after the first noise.
+    """
     latents = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
     scheduler.set_timesteps(num_inference_steps, device=cond.device)
     latents = latents * scheduler.init_noise_sigma
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(latents, t)
         pred = guided_prediction(denoiser, model_input, t, cond, uncond, scale)
-        latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
+        latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
     return latents

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from diffusers import DDIMScheduler
 from torch import nn
 
 from minigpt5.adapters import apply_adapter
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.fingerprint import fingerprints
-from minigpt5.guidance import drop_features, sample_latents
+from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
@@ -365,12 +364,13 @@ class MiniGPT5(nn.Module):
         scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        sampler: Optional[str] = None,
     ) -> torch.Tensor:
         """Guided sampling from voken features (N, n, D) -> images (N, 3, H, W) in [-1, 1]."""
         cond = self.condition(features)
         return self.images_from_condition(
             cond, self.null_condition(cond.shape[0]), scale=scale, num_inference_steps=num_inference_steps,
-            generator=generator,
+            generator=generator, sampler=sampler,
         )
 
     @torch.no_grad()
@@ -382,17 +382,20 @@ class MiniGPT5(nn.Module):
         scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        sampler: Optional[str] = None,
     ) -> torch.Tensor:
-        """Guided DDIM sampling of the frozen UNet from conditioning (N, Q, C) -> images (N, 3, H, W) in [-1, 1].
+        """Guided sampling of the frozen UNet from conditioning (N, Q, C) -> images (N, 3, H, W) in [-1, 1].
 
         ``uncond`` (N or 1, Q, C) is the unconditional embedding; ``scale`` 1 means no guidance.
+        ``scale``, ``num_inference_steps`` and ``sampler`` (a :data:`minigpt5.guidance.SAMPLERS`
+        name) default to ``cfg.guidance``'s.
         """
         g = self.cfg.guidance
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
-        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler = build_sampler(sampler or g.sampler, self.scheduler.config)
         latents = sample_latents(
-            self.denoise, sampler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),
+            self.denoise, scheduler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),
             scale=g.scale if scale is None else scale,
             num_inference_steps=num_inference_steps or g.num_inference_steps,
             generator=generator,
@@ -407,10 +410,12 @@ class MiniGPT5(nn.Module):
         scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        sampler: Optional[str] = None,
     ) -> torch.Tensor:
         """Caption -> vokens -> mapper -> guided diffusion: images (N, 3, H, W) in [-1, 1]."""
         return self.images_for_batch(
-            self.caption_batch(captions), scale=scale, num_inference_steps=num_inference_steps, generator=generator
+            self.caption_batch(captions), scale=scale, num_inference_steps=num_inference_steps, generator=generator,
+            sampler=sampler,
         )
 
     @torch.no_grad()
@@ -421,6 +426,7 @@ class MiniGPT5(nn.Module):
         scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        sampler: Optional[str] = None,
     ) -> torch.Tensor:
         """Teacher-forced: the images a training batch's voken blocks draw -> (N, 3, H, W) in [-1, 1].
 
@@ -434,5 +440,5 @@ class MiniGPT5(nn.Module):
         )
         features = self.voken_features(input_ids, hidden)
         return self.images_from_features(
-            features, scale=scale, num_inference_steps=num_inference_steps, generator=generator
+            features, scale=scale, num_inference_steps=num_inference_steps, generator=generator, sampler=sampler
         )

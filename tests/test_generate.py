@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 from typing import Callable
@@ -13,7 +14,7 @@ from PIL import Image
 
 from minigpt5.config import GuidanceConfig, MiniGPT5Config, PeftSettings, VisionConfig
 from lit_models.pages import write_outputs
-from minigpt5.generate import GenerationConfig, choose_token, encode_prompt, generate
+from minigpt5.generate import GenerationConfig, choose_token, encode_prompt, generate, penalised_ids
 from minigpt5.images import to_target_tensor
 from minigpt5.model import MiniGPT5
 from minigpt5.vision import normalise_for_tower
@@ -207,6 +208,87 @@ def test_choose_token_rules():
     assert choose_token(logits, penalised, banned=[], seen=torch.tensor([1])) == 2
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=0)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_as_hf_does():
+    """p = (0.5, 0.3, 0.15, 0.05): at top_p 0.9 (the official value) the nucleus is the first
+    three (0.8 < 0.9 <= 0.95), so the 0.05 token is never drawn; without top-p it is."""
+    from transformers import TopPLogitsWarper
+
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    g = torch.Generator().manual_seed(0)
+    nucleus = {choose_token(logits, GenerationConfig(top_p=0.9), banned=[], generator=g) for _ in range(400)}
+    assert nucleus == {0, 1, 2}
+    kept = torch.isfinite(TopPLogitsWarper(0.9)(torch.zeros(1, 0, dtype=torch.long), logits[None].clone()))[0]
+    assert kept.nonzero().flatten().tolist() == sorted(nucleus)  # HF's warper keeps the same tokens
+    everything = {choose_token(logits, GenerationConfig(top_p=1.0), banned=[], generator=g) for _ in range(400)}
+    assert everything == {0, 1, 2, 3}
+
+
+def test_penalised_ids_generated_only_or_whole_context():
+    vokens, vocab = [10, 11, 12], 13
+    sequence = [0, 4, 5, 6, 9, 9, 3, 10, 11, 12, 7]  # prompt (0 .. 9 9: <ImageHere> run) then written tokens
+    written = [3, 10, 11, 12, 7]
+    generated = GenerationConfig(repetition_penalty=2.0)
+    assert penalised_ids(generated, written, sequence, vokens, vocab) == [3, 7, 10, 11, 12]  # [IMG0] counts, as in HF
+    context = GenerationConfig(repetition_penalty=2.0, penalty_scope="context")
+    assert penalised_ids(context, written, sequence, vokens, vocab) == [0, 3, 4, 5, 6, 7, 9]
+    with pytest.raises(ValueError, match="penalty_scope"):
+        GenerationConfig(penalty_scope="prompt")
+
+
+def test_repetition_penalty_over_generated_tokens_leaves_prompt_words_free(model, monkeypatch):
+    """The prompt's last word is the favourite, a second word the runner-up. Penalising only
+    generated tokens (the official code) writes the favourite, then the runner-up; penalising the
+    whole context (prompt included) writes the runner-up first."""
+    favourite = encode_prompt(model, "a red circle")[0][-1]
+    runner_up = next(t for t in range(5, 50) if t not in encode_prompt(model, "a red circle")[0])
+    original = model.vokens.extend_logits
+
+    def boosted(hidden, base_logits):
+        logits = original(hidden, base_logits)
+        logits[..., -1, favourite] += 50.0
+        logits[..., -1, runner_up] += 40.0  # 40 > (50 + noise) / 5
+        return logits
+
+    monkeypatch.setattr(model.vokens, "extend_logits", boosted)
+    cfg = greedy(max_new_tokens=2, min_new_tokens=2, repetition_penalty=5.0, max_images=0)
+    assert generate(model, "a red circle", None, cfg).token_ids == [favourite, runner_up]
+    context = generate(model, "a red circle", None, dataclasses.replace(cfg, penalty_scope="context"))
+    assert context.token_ids[0] == runner_up
+    off = generate(model, "a red circle", None, dataclasses.replace(cfg, repetition_penalty=1.0))
+    assert off.token_ids == [favourite, favourite]
+
+
+def _image_logit(monkeypatch, model: MiniGPT5, boost: float) -> None:
+    original = model.vokens.extend_logits
+
+    def shifted(hidden, base_logits):
+        logits = original(hidden, base_logits)
+        logits[..., -1, model.voken_ids[0]] += boost
+        return logits
+
+    monkeypatch.setattr(model.vokens, "extend_logits", shifted)
+
+
+def test_force_image_writes_the_first_image_first_whatever_the_logits(model, monkeypatch):
+    _image_logit(monkeypatch, model, -1e4)  # the model would never draw
+    vokens = model.voken_ids
+    assert not set(generate(model, "a red circle", None, greedy(max_new_tokens=12)).token_ids) & set(vokens)
+    forced = generate(model, "a red circle", None, greedy(max_new_tokens=12, force_image=True))
+    assert forced.token_ids[:8] == vokens and len(forced.images) == 1  # only until one is drawn
+    assert not set(forced.token_ids[8:]) & set(vokens) and len(forced.token_ids) == 12
+    with pytest.raises(ValueError, match="force_image"):
+        GenerationConfig(force_image=True, max_images=0)
+
+
+def test_max_images_suppresses_or_limits_drawing(model, monkeypatch):
+    _image_logit(monkeypatch, model, 1e4)  # the model would draw at every step
+    assert len(generate(model, "a red circle", None, greedy(max_new_tokens=20)).images) == 3  # blocks at 0, 8, 16
+    none = generate(model, "a red circle", None, greedy(max_new_tokens=12, max_images=0))
+    assert none.images == [] and not set(none.token_ids) & set(model.voken_ids) and len(none.token_ids) == 12
+    one = generate(model, "a red circle", None, greedy(max_new_tokens=20, max_images=1))
+    assert len(one.images) == 1 and one.token_ids.count(model.voken_ids[0]) == 1
 
 
 def test_eos_stops_and_min_new_tokens_holds_it(model, monkeypatch):

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
 
-from minigpt5.guidance import drop_features, guided_prediction, sample_latents
+from minigpt5.config import SAMPLER_NAMES, ConfigError, GuidanceConfig, MiniGPT5Config
+from minigpt5.guidance import SAMPLERS, build_sampler, drop_features, guided_prediction, sample_latents
 
 
 class CountingDenoiser:
@@ -101,3 +112,68 @@ def test_sample_latents_deterministic_under_seeded_generator(scheduler_cls):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert counter.batch_sizes == [4] * 4  # one doubled call per step
+
+
+# ---- the sampler, by name ----
+
+EXPECTED_CLASSES = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler,
+                    "dpm++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler,
+                    "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler}
+
+
+def test_sampler_names_match_the_config_choices():
+    assert set(SAMPLERS) == set(SAMPLER_NAMES) == set(EXPECTED_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CLASSES))
+def test_build_sampler_carries_the_training_schedule_over(name):
+    # SD's own training schedule (scaled-linear betas), with v-prediction to see it carried.
+    training = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                             beta_end=0.012, prediction_type="v_prediction", steps_offset=1)
+    sampler = build_sampler(name, training.config)
+    assert type(sampler) is EXPECTED_CLASSES[name]
+    assert sampler.config.prediction_type == "v_prediction" and sampler.config.steps_offset == 1
+    torch.testing.assert_close(sampler.alphas_cumprod, training.alphas_cumprod)
+
+
+def test_pndm_skips_the_runge_kutta_warmup_as_the_sd_pipeline_does():
+    sampler = build_sampler("pndm", DDPMScheduler(num_train_timesteps=1000).config)
+    assert sampler.config.skip_prk_steps
+    sampler.set_timesteps(50)
+    assert len(sampler.prk_timesteps) == 0
+
+
+def test_unknown_sampler_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"guidance\.sampler must be one of pndm, ddim"):
+        build_sampler("karras", DDPMScheduler().config)
+    with pytest.raises(ConfigError, match=r"guidance\.sampler"):
+        GuidanceConfig(sampler="karras")
+
+
+def test_tiny_default_is_ddim_and_the_paper_preset_pndm():
+    from lit_models.plan import read_settings
+
+    root = Path(__file__).resolve().parents[1]
+    assert MiniGPT5Config().guidance.sampler == "ddim"
+    paper = read_settings(["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/paper.yaml")])
+    assert paper.model.guidance.sampler == "pndm"
+    tiny = read_settings(["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/tiny.yaml")])
+    assert tiny.model.guidance.sampler == "ddim"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CLASSES))
+def test_every_sampler_draws_a_finite_image_from_the_tiny_model(tiny_model, name):
+    features = torch.randn(1, 8, tiny_model.cfg.llm.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def draw(**kwargs):
+        return tiny_model.images_from_features(features, num_inference_steps=3, scale=2.0,
+                                               generator=torch.Generator().manual_seed(1), **kwargs)
+
+    image = draw(sampler=name)
+    res = tiny_model.cfg.diffusion.resolution
+    assert image.shape == (1, 3, res, res) and torch.isfinite(image).all()
+    assert image.min() >= -1 and image.max() <= 1
+    tiny_model.cfg.guidance.sampler = name  # the config's choice is the default
+    assert torch.equal(draw(), image)
+    if name != "ddim":
+        assert not torch.equal(draw(sampler="ddim"), image)  # the name changes the sampling
