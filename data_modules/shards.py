@@ -25,7 +25,7 @@ from data_modules.latents import LatentMode, cached_moments, cache_record, colla
 from minigpt5.builders import build_llm_tokenizer, build_sd_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
-from minigpt5.sequences import pad_examples, tokenize_for_text_encoder
+from minigpt5.sequences import SequenceTooLong, pad_examples, tokenize_for_text_encoder
 from minigpt5.templates import build_template, caption_conversations, prepare_caption
 from minigpt5.vision import IMAGE_TOKEN
 
@@ -184,7 +184,12 @@ class SampleEncoder:
         field = image_field(sample)
         caption = prepare_caption(decode_caption(sample), self.cfg.template)
         rows = caption_conversations(caption, sample.get("__key__", ""), self.cfg.template)
-        examples = [self.template.encode(row, self.cfg.llm.max_length) for row in rows]
+        examples = [self.template.encode(rows[0], self.cfg.llm.max_length)]
+        for row in rows[1:]:
+            try:
+                examples.append(self.template.encode(row, self.cfg.llm.max_length))
+            except SequenceTooLong as err:
+                self.counter.note_skipped(sample, f"instruction row: {err}")
         if any(example.truncated for example in examples):
             self.counter.note_truncated(sample)
         target: dict[str, Any]

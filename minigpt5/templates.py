@@ -153,7 +153,7 @@ class EndMarker:
     def strip(self, text: str) -> str:
         """``text`` without a trailing marker."""
         trimmed = text.rstrip()
-        return trimmed[: -len(self.text)] if self.text and trimmed.endswith(self.text) else text
+        return trimmed[: -len(self.text)].rstrip() if self.text and trimmed.endswith(self.text) else text
 
 
 class Template:
@@ -331,8 +331,12 @@ class ChatTemplate(Template):
         return template
 
     def _end_marker(self) -> EndMarker:
-        rendered = self._apply([{"role": "user", "content": "hi"}, {"role": "assistant", "content": self._SLOT}])
-        end = rendered.split(self._SLOT, 1)[1].rstrip()
+        probe = self._SLOT.format(0)
+        rendered = self._apply([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}])
+        _, slot, end = rendered.partition(probe)
+        if not slot:
+            raise ConfigError("the chat template dropped an assistant message's content; it cannot be used")
+        end = end.rstrip()
         if not end:
             return EndMarker((self.tokenizer.eos_token_id,))
         return EndMarker(tuple(self.tokenizer(end, add_special_tokens=False).input_ids), end)
