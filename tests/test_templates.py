@@ -299,3 +299,31 @@ def test_tiny_default_encodes_captions_as_before():
     items = encoder(_sample(key, "A Cat."))
     assert len(items) == 1 and items[0]["caption"] == "A Cat."
     assert encoder.tokenizer.decode(items[0]["example"].input_ids) == f"<s> A Cat.{IMGS}</s>"
+
+
+# ---- evaluation contexts follow the template ----
+
+def test_free_response_reads_the_template_source(monkeypatch, tiny_config):
+    """A dialogue item's free response is written after the template's source: under
+    minigpt4 the history ends with the next speaker's marker (turn 2 is the user's)."""
+    import dataclasses
+
+    from evaluation import systems
+    from evaluation.items import EvalItem
+    from minigpt5.generate import GenerationConfig
+    from minigpt5.model import MiniGPT5
+
+    cfg = dataclasses.replace(tiny_config, template=TemplateConfig(name="minigpt4"), llm=LLMConfig(max_length=256))
+    model = MiniGPT5(cfg)  # the system prompt alone is 120 tiny-BPE tokens
+    seen = {}
+
+    def fake_generate(model, ids, pixels, gen):
+        seen["ids"] = ids
+        return type("R", (), {"text": "", "images": []})()
+
+    monkeypatch.setattr(systems, "generate_from_ids", fake_generate)
+    item = EvalItem("d", 2, DIALOGUE[2], [], [(DIALOGUE[0], []), (DIALOGUE[1], [])], layout="dialogue")
+    systems.MiniGPT5System(model, GenerationConfig(max_new_tokens=8), context="text").respond(item)
+    text = model.tokenizer.decode(seen["ids"])
+    assert text.startswith(f"<s> {SYSTEM_PROMPTS['dialogue']} ###Human: {DIALOGUE[0]} ###Assistant: {DIALOGUE[1]}")
+    assert text.endswith("###Human:") and DIALOGUE[2] not in text
