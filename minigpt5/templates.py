@@ -49,7 +49,7 @@ Layout = Literal["caption", "story", "dialogue"]
 Role = Literal["user", "assistant"]
 
 # The official system prompts: CC3M instruction rows (dataloader.py 34), VIST (236-237), MMDialog (318-319).
-SYSTEM_PROMPTS: dict[str, str] = {
+SYSTEM_PROMPTS: dict[Layout, str] = {
     "caption": "You will be able to generate image according to command.",
     "story": "Give the following images in <Img>ImageContent</Img> format. You will be able to see the images once "
              "I provide it to you. Please understanding images and generate story.",
@@ -109,8 +109,8 @@ class Conversation:
 
     def keep_from(self, first: int) -> "Conversation":
         """The conversation without its ``first`` oldest context turns."""
-        roles = self.roles[first:] if self.roles else []
-        return Conversation(self.layout, self.target, self.context[first:], roles, self.caption, self.instruction)
+        return Conversation(self.layout, self.target, self.context[first:], self.roles[first:], self.caption,
+                            self.instruction)
 
 
 def caption_conversations(caption: str, key: str, cfg: TemplateConfig) -> list[Conversation]:

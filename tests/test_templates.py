@@ -33,7 +33,8 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 CAPTION = "burning candle on the background of the aquarium with small fish ."
 STORY = ["my sister arrived early to help me with the family bar bq .", "every one else arrived soon after .",
          "dad manned the grill ."]
-DIALOGUE = ["Here's my former hometown Chicago", "Stunning photo Pola.", "Lovely photo Doro! Here's my favourite skyline."]
+DIALOGUE = ["Here's my former hometown Chicago", "Stunning photo Pola.",
+            "Lovely photo Doro! Here's my favourite skyline."]
 EXAMPLES = {
     "cc3m": Conversation("caption", Turn("", 1), caption=CAPTION),
     "vist": Conversation("story", Turn(STORY[2], 1), [Turn(STORY[0], 1), Turn(STORY[1], 1)]),
@@ -92,7 +93,8 @@ SHOWN = [
      f" <|user|>\n {STORY[0]}{RUN} {STORY[1]}{RUN}</s> \n<|assistant|>\n {STORY[2]}{IMGS}</s>",
      f" {STORY[2]}[IMG0]</s>"),
     ("chat", "mmdialog",
-     f" <|user|>\n {DIALOGUE[0]}{RUN}</s> \n<|assistant|>\n {DIALOGUE[1]}{RUN}</s> \n<|user|>\n {DIALOGUE[2]}{IMGS}</s>",
+     f" <|user|>\n {DIALOGUE[0]}{RUN}</s> \n<|assistant|>\n {DIALOGUE[1]}{RUN}</s> \n"
+     f"<|user|>\n {DIALOGUE[2]}{IMGS}</s>",
      f" {DIALOGUE[2]}[IMG0]</s>"),
 ]
 
@@ -137,7 +139,8 @@ def test_minigpt4_instruction_row_is_the_official_one(tok):
     request = CAPTION_INSTRUCTIONS[6]
     conv = Conversation("caption", Turn("", 1), caption=CAPTION, instruction=request)
     ex = template(tok, "minigpt4", text_on_caption=False).encode(conv, 256)
-    expected = f"<s>{SYSTEM_PROMPTS['caption']}###Human: {request} {CAPTION} ###Assistant:{IMGS} ###"  # dataloader.py 64-66
+    # dataloader.py 64-66:
+    expected = f"<s>{SYSTEM_PROMPTS['caption']}###Human: {request} {CAPTION} ###Assistant:{IMGS} ###"
     assert re.sub(r"\s", "", tokenizer.decode(ex.input_ids)) == re.sub(r"\s", "", expected)
     assert scored(tokenizer, ex) == "[IMG0] ###"
 
@@ -327,3 +330,23 @@ def test_free_response_reads_the_template_source(monkeypatch, tiny_config):
     text = model.tokenizer.decode(seen["ids"])
     assert text.startswith(f"<s> {SYSTEM_PROMPTS['dialogue']} ###Human: {DIALOGUE[0]} ###Assistant: {DIALOGUE[1]}")
     assert text.endswith("###Human:") and DIALOGUE[2] not in text
+
+
+# ---- presets ----
+
+def test_paper_preset_uses_the_official_wording_and_the_tiny_one_todays():
+    from pathlib import Path
+
+    from lit_models.plan import read_settings
+
+    root = Path(__file__).resolve().parents[1]
+
+    def model(*files):
+        return read_settings([a for f in files for a in ("-c", str(root / "configs" / f))]).model
+
+    stage1, stage2 = ("uas.yaml", "model/paper.yaml"), ("uas.yaml", "mls.yaml", "mls_vist.yaml", "model/paper.yaml")
+    for paper in (model(*stage1), model(*stage2)):
+        assert paper.template == TemplateConfig(name="minigpt4", normalise_captions=True, instruction_every=100)
+        assert paper.loss.text_on_caption is False
+    tiny = model("uas.yaml", "model/tiny.yaml", "demo.yaml")
+    assert tiny.template == TemplateConfig() and tiny.template.name == "plain" and tiny.loss.text_on_caption is True
