@@ -7,7 +7,8 @@ from data_modules.shards import SampleEncoder
 
 
 class CC3MDataModule(ShardDataModule):
-    """Caption/image batches for UAS: ``<s> prompt caption [IMG0..7] </s>`` plus the target image.
+    """Caption/image batches for UAS: the caption then ``[IMG0..7]`` and the end marker, worded by
+    the model's template (plain: ``<s> prompt caption [IMG0..7] </s>``), plus the target image.
 
     Shards follow img2dataset's layout (``key.jpg`` + ``key.txt``); see
     :class:`~data_modules.base.ShardDataModule` for streaming, resumption and validation.

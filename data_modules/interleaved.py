@@ -5,7 +5,8 @@ A shard sample is one story or dialogue (as written by ``minigpt5 data vist|mmdi
 sample expands into examples: the earlier turns are the context (text and, unless
 ``context="text"``, images as input-side images) and one turn is the target (its text,
 and a voken block plus the target image per image). ``targets="last"`` makes one
-example per sample (the last turn); ``"all"`` one per turn after the first.
+example per sample (the last turn); ``"all"`` one per turn after the first. The
+template (:mod:`minigpt5.templates`) words each as a story (VIST) or a dialogue (MMDialog).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_imag
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
-from minigpt5.sequences import SequenceTooLong, Turn, encode_interleaved, pad_examples
+from minigpt5.sequences import SequenceTooLong, Turn, pad_examples
+from minigpt5.templates import Conversation, Layout, build_template, dialogue_roles
 from minigpt5.vision import IMAGE_TOKEN, geometry, normalise_for_tower, tower_config
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return turns
 
 
+def sequence_layout(sample: dict[str, Any]) -> Layout:
+    """``story`` for a VIST sample (``steps``), ``dialogue`` for an MMDialog one (``turns``)."""
+    return "story" if "steps" in json.loads(sample["json"]) else "dialogue"
+
+
 def decode_turns(sample: dict[str, Any], members: list[tuple[str, list[str]]]) -> list[tuple[str, list[Image.Image]]]:
     """The turns of :func:`turn_members` with their images decoded; BadSample if one is unreadable."""
     return [(text, [decode_image(sample, name) for name in names]) for text, names in members]
@@ -79,6 +86,7 @@ class InterleavedEncoder:
         self.tower_size, self.image_tokens = 0, 0
         if self.with_images:
             self.tower_size, self.image_tokens, _ = geometry(cfg.vision.kind, tower_config(cfg.vision))
+        self.template = build_template(cfg, self.tokenizer, self.voken_ids, self.image_token_id, self.image_tokens)
 
     def _input_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """Context images -> (m, 3, S, S) normalised for the vision tower."""
@@ -93,10 +101,11 @@ class InterleavedEncoder:
         if len(turns) < 2:
             raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
         indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
+        layout = sequence_layout(sample)
         examples = []
         for t in indices:
             try:
-                item = self.encode_turn(turns, t)
+                item = self.encode_turn(turns, t, layout)
             except SequenceTooLong as err:
                 self.counter.note_skipped(sample, f"target turn {t}: {err}")
                 continue
@@ -117,8 +126,11 @@ class InterleavedEncoder:
         item = {k: v for k, v in item.items() if k != "target_pixels"}
         return item | {"target_moments": moments, "target_cached": [True] * len(names)}
 
-    def encode_turn(self, turns: list[tuple[str, list[Image.Image]]], t: int) -> dict[str, Any]:
-        """The example whose target is ``turns[t]`` and whose context is the turns before it.
+    def encode_turn(
+        self, turns: list[tuple[str, list[Image.Image]]], t: int, layout: Layout = "story"
+    ) -> dict[str, Any]:
+        """The example whose target is ``turns[t]`` and whose context is the turns before it,
+        worded by the template as a story or a dialogue (speakers alternating, the user first).
 
         Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
         """
@@ -127,11 +139,9 @@ class InterleavedEncoder:
             for text, images in turns[:t]
         ]
         target_text, target_images = turns[t]
-        example = encode_interleaved(
-            self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
-            image_token_id=self.image_token_id, image_tokens=self.image_tokens,
-            max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
-        )
+        roles = dialogue_roles(t + 1) if layout == "dialogue" else []
+        conversation = Conversation(layout, Turn(target_text, len(target_images)), context, roles)
+        example = self.template.encode(conversation, self.cfg.llm.max_length)
         resolution = self.cfg.diffusion.resolution
         kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
         return {

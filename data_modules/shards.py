@@ -25,7 +25,9 @@ from data_modules.latents import LatentMode, cached_moments, cache_record, colla
 from minigpt5.builders import build_llm_tokenizer, build_sd_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
-from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
+from minigpt5.sequences import SequenceTooLong, pad_examples, tokenize_for_text_encoder
+from minigpt5.templates import build_template, caption_conversations, prepare_caption
+from minigpt5.vision import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +174,32 @@ class SampleEncoder:
         self.latents = latents
         self.latent_record = cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
+        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.template = build_template(cfg, self.tokenizer, self.voken_ids, image_token_id)
         self.sd_tokenizer = build_sd_tokenizer(cfg.diffusion)
 
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        """One raw sample -> its examples (here exactly one)."""
+        """One raw sample -> its examples: the caption row, and an instruction row for one key
+        in ``template.instruction_every`` (:func:`~minigpt5.templates.caption_conversations`)."""
         field = image_field(sample)
-        caption = decode_caption(sample)
-        example = encode_caption(
-            self.tokenizer, caption, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt
-        )
-        if example.truncated:
+        caption = prepare_caption(decode_caption(sample), self.cfg.template)
+        rows = caption_conversations(caption, sample.get("__key__", ""), self.cfg.template)
+        examples = [self.template.encode(rows[0], self.cfg.llm.max_length)]
+        for row in rows[1:]:
+            try:
+                examples.append(self.template.encode(row, self.cfg.llm.max_length))
+            except SequenceTooLong as err:
+                self.counter.note_skipped(sample, f"instruction row: {err}")
+        if any(example.truncated for example in examples):
             self.counter.note_truncated(sample)
-        item: dict[str, Any] = {"example": example, "caption": caption}
+        target: dict[str, Any]
         moments = cached_moments(sample, [field], self.latent_record, self.latents)  # (1, 2c, h, w) or None
         if moments is None:
             pixels = to_target_tensor(decode_image(sample, field), self.cfg.diffusion.resolution)  # (3, H, W)
-            item.update(target_pixels=pixels[None], target_cached=[False])
+            target = {"target_pixels": pixels[None], "target_cached": [False]}
         else:
-            item.update(target_moments=moments, target_cached=[True])
-        return [item]
+            target = {"target_moments": moments, "target_cached": [True]}
+        return [{"example": example, "caption": caption, **target} for example in examples]
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """The batch ``MiniGPT5.forward`` reads, plus the caption strings."""

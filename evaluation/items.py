@@ -24,12 +24,15 @@ from PIL import Image
 
 from data_modules.interleaved import read_turns
 from data_modules.shards import BadSample, SampleCounter, decode_sample, expand_shards
+from minigpt5.templates import Layout
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog"]
 PROTOCOLS = ("cc3m", "vist", "mmdialog", "synthetic-vist", "synthetic-dialog")
 WORLD_PROTOCOLS = ("synthetic-vist", "synthetic-dialog")  # scored by the synthetic world's rules
+LAYOUTS: dict[str, Layout] = {"cc3m": "caption", "vist": "story", "synthetic-vist": "story",
+                              "mmdialog": "dialogue", "synthetic-dialog": "dialogue"}
 
 
 def decoding_preset(protocol: str) -> str:
@@ -48,6 +51,7 @@ class EvalItem:
     images: list[Image.Image]  # the target turn's ground-truth images
     context: list[tuple[str, list[Image.Image]]] = field(default_factory=list)  # earlier turns, oldest first
     rules: list[dict[str, Any]] = field(default_factory=list)  # synthetic world: rule fields of turns 0..step
+    layout: Layout = "story"  # how the model's template words it: a caption, a story step or a dialogue turn
 
 
 def world_rules(sample: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,7 +99,9 @@ def read_items(
             if protocol == "vist" and not turns[t][1]:
                 counter.note_skipped(sample, f"step {t} has no image to generate")
                 continue
-            yield EvalItem(sample["__key__"], t, turns[t][0], turns[t][1], turns[:t], rules[: t + 1])
+            yield EvalItem(
+                sample["__key__"], t, turns[t][0], turns[t][1], turns[:t], rules[: t + 1], LAYOUTS[protocol]
+            )
             produced += 1
             if max_items is not None and produced >= max_items:
                 return

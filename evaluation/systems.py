@@ -75,21 +75,23 @@ class MiniGPT5System:
 
     @torch.no_grad()
     def draw(self, item: EvalItem) -> Image.Image:
-        """The image for the item's target text after its context (teacher-forced vokens)."""
+        """The image for the item's target text after its context (teacher-forced vokens), or for
+        its caption (a CC3M item), worded as the model's template words training examples."""
+        sampling = dict(scale=self.settings["guidance_scale"], num_inference_steps=self.settings["num_inference_steps"],
+                        generator=_generator(self.model, item_seed(self.gen.seed, item)), sampler=self.settings["sampler"])
+        if item.layout == "caption":
+            return to_pil_images(self.model.generate_images([item.text], **sampling))[0]
         turns = item.context + [(item.text, [item.images[0]])]
-        encoded = self.encoder.encode_turn(turns, len(item.context))
-        batch = self.encoder.collate([encoded])
-        images = self.model.images_for_batch(
-            batch, scale=self.settings["guidance_scale"], num_inference_steps=self.settings["num_inference_steps"],
-            generator=_generator(self.model, item_seed(self.gen.seed, item)), sampler=self.settings["sampler"],
-        )
+        encoded = self.encoder.encode_turn(turns, len(item.context), item.layout)
+        images = self.model.images_for_batch(self.encoder.collate([encoded]), **sampling)
         return to_pil_images(images)[0]
 
     @torch.no_grad()
     def respond(self, item: EvalItem) -> tuple[str, list[Image.Image]]:
         """A free response (text and generated images) after the item's history."""
-        encoded = self.history_encoder.encode_turn(item.context + [("", [])], len(item.context))
-        ids = encoded["example"].input_ids[:-1]  # drop the end marker: the response is written, not given
+        encoded = self.history_encoder.encode_turn(item.context + [("", [])], len(item.context), item.layout)
+        example = encoded["example"]
+        ids = example.input_ids[: example.source_length]  # the response is written, not given
         pixels = encoded["input_pixels"] if self.history_encoder.with_images and len(encoded["input_pixels"]) else None
         gen = dataclasses.replace(self.gen, seed=item_seed(self.gen.seed, item))
         result = generate_from_ids(self.model, ids, pixels, gen)

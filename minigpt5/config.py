@@ -167,6 +167,7 @@ class LossConfig:
     ldm_weight: float = 1.0
     cap_weight: float = 0.1
     min_snr_gamma: Optional[float] = 5.0  # None turns Min-SNR weighting off
+    text_on_caption: bool = True  # stage 1: the caption carries text loss too (official: only the target after it)
 
     def __post_init__(self) -> None:
         for name in ("text_weight", "ldm_weight", "cap_weight"):
@@ -205,6 +206,28 @@ class GuidanceConfig:
         _check_choice("guidance.sampler", self.sampler, SAMPLER_NAMES)
 
 
+_TEMPLATES = ("plain", "minigpt4", "chat")
+
+
+@dataclass
+class TemplateConfig:
+    """How an example's text, images and vokens are worded into tokens (``minigpt5.templates``)."""
+
+    name: Literal["plain", "minigpt4", "chat"] = "plain"  # plain: <s> text [IMG0..] </s>; minigpt4: the official
+    # ###Human: .. ###Assistant: .. ###; chat: the tokenizer's own chat template
+    prompt: str = ""  # plain only: text before every sequence; masked out of the text loss
+    chat_template: Optional[str] = None  # chat only: a Jinja chat template used instead of the tokenizer's own
+    normalise_captions: bool = False  # CC3M captions lower-cased, punctuation to spaces (official pre_caption)
+    instruction_every: int = 0  # 1 in this many CC3M pairs (by key) is also given as an instruction row; 0: none
+
+    def __post_init__(self) -> None:
+        _check_choice("template.name", self.name, _TEMPLATES)
+        _check(self.instruction_every >= 0, f"template.instruction_every must be >= 0, got {self.instruction_every}")
+        _check(self.name == "plain" or not self.prompt,
+               f"template.prompt is the plain template's; the {self.name} template words its own prompt")
+        _check(self.name == "chat" or self.chat_template is None, "template.chat_template needs template.name chat")
+
+
 @dataclass
 class MiniGPT5Config:
     """Everything needed to build a MiniGPT5 model."""
@@ -218,4 +241,4 @@ class MiniGPT5Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    prompt: str = ""  # text before each caption; masked out of the text loss
+    template: TemplateConfig = field(default_factory=TemplateConfig)

@@ -1,6 +1,7 @@
 """Interleaved generation: write text until the LLM emits ``[IMG0]``, draw the image, go on.
 
-One story, one sequence (batch size 1)::
+One story, one sequence (batch size 1), the prompt worded by the model's template
+(:mod:`minigpt5.templates`; plain shown, where the end marker is ``</s>``)::
 
     <s> prompt (with each <image> as a run of <ImageHere>) text ... [IMG0] .. [IMG7] <ImageHere> x k text ... </s>
 
@@ -10,10 +11,11 @@ text loss, see ``minigpt5.sequences``), and the last-layer hidden states at the
 positions that *predict* the vokens -- the state that produced ``[IMG0]``, then the
 states of ``[IMG0]`` .. ``[IMG{n-2}]``, exactly what :meth:`MiniGPT5.voken_features`
 reads in training -- go through the mapper into guided diffusion. With a vision
-tower, the state after the last voken decides first whether the turn ends (``</s>``, as
-training puts it right after a target's voken block); if not, the new image is read
-back as context through its ``<ImageHere>`` run, as an input image would be, and
-writing continues until ``</s>`` or the token budget.
+tower, the state after the last voken decides first whether the turn ends (the end
+marker, as training puts it right after a target's voken block); if not, the new image
+is read back as context through its ``<ImageHere>`` run, as an input image would be,
+and writing continues until the end marker (or ``</s>``) or the token budget. The end
+marker is left out of the returned text.
 
 Everything random (token sampling and the diffusion noise) is drawn from one
 ``torch.Generator`` seeded by :attr:`GenerationConfig.seed`, so a seed fixes the story.
@@ -30,6 +32,8 @@ from PIL import Image
 
 from minigpt5.config import SAMPLER_NAMES
 from minigpt5.images import to_pil_images, to_target_tensor
+from minigpt5.sequences import Turn
+from minigpt5.templates import Conversation, EndMarker
 from minigpt5.vision import normalise_for_tower
 
 if TYPE_CHECKING:  # the model module imports diffusers; keep this one light to import
@@ -45,7 +49,7 @@ class GenerationConfig:
     """Decoding and sampling settings of one generation."""
 
     max_new_tokens: int = 256  # tokens the LLM writes, appended vokens included (a voken block is never cut)
-    min_new_tokens: int = 0  # </s> is masked until this many tokens are written
+    min_new_tokens: int = 0  # </s> and the end marker are masked until this many tokens are written
     temperature: float = 1.0  # 0 means greedy
     do_sample: bool = True  # False means greedy, whatever the temperature
     top_p: float = 1.0  # nucleus sampling: smallest set of tokens with this much probability
@@ -95,7 +99,7 @@ class GenerationResult:
 
     ``segments`` alternate text (``str``) and generated images (``PIL.Image``) in order.
     ``token_ids`` are the tokens the LLM wrote, each image's vokens included (``[IMG0]``
-    sampled, the rest appended) and ``</s>`` if reached. ``sequence_ids`` is the whole
+    sampled, the rest appended) and the end marker if reached. ``sequence_ids`` is the whole
     sequence: prompt, written tokens, and each image's ``<ImageHere>`` run, with
     ``context_pixels`` (M, 3, S, S) the tower-normalised images of those runs, input
     images first, in order (None without images), so that
@@ -113,7 +117,7 @@ class GenerationResult:
     context_pixels: Optional[torch.Tensor]
     voken_features: list[torch.Tensor]
     settings: dict[str, Any]  # GenerationConfig with the model's defaults filled in
-    stopped: str  # "eos" or "max_new_tokens"
+    stopped: str  # "eos" (the end marker or </s>) or "max_new_tokens"
 
     @property
     def images(self) -> list[Image.Image]:
@@ -160,30 +164,23 @@ def check_image_markers(prompt: str, num_images: int) -> None:
 def encode_prompt(
     model: "MiniGPT5", prompt: str, images: Optional[list[Image.Image]] = None
 ) -> tuple[list[int], Optional[torch.Tensor]]:
-    """``<s>``, the model's training prompt (``cfg.prompt``), then the prompt's ids with each
-    ``<image>`` replaced by the tower's ``<ImageHere>`` run; and the input images
-    normalised for the tower (M, 3, S, S), or None without images."""
+    """The prompt as the model's template words a user's turn before the model's reply, each
+    ``<image>`` replaced by the tower's ``<ImageHere>`` run (plain: ``<s>``, ``template.prompt``,
+    then the prompt); and the input images normalised for the tower (M, 3, S, S), or None."""
     images = list(images or [])
     check_image_markers(prompt, len(images))
     pieces = prompt.split(IMAGE_MARKER)
     if images and model.vision is None:
         raise ValueError("input images need a vision tower, but this model has none (vision.kind is none)")
-    tok = model.tokenizer
-    ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    if model.cfg.prompt:  # the fixed text training puts before every sample
-        ids += tok(model.cfg.prompt, add_special_tokens=False).input_ids
-    run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
-    for i, piece in enumerate(pieces):
-        if i > 0:
-            ids += run
-        if piece:
-            text_ids = tok(piece, add_special_tokens=False).input_ids
-            if model.image_token_id in text_ids or set(text_ids) & set(model.voken_ids):
-                raise ValueError(
-                    f"the prompt text may not contain the image placeholder or voken tokens; use {IMAGE_MARKER} "
-                    f"for input images (got {piece!r})"
-                )
-            ids += text_ids
+    forbidden = {model.image_token_id, *model.voken_ids}
+    for piece in pieces:
+        if piece and forbidden & set(model.tokenizer(piece, add_special_tokens=False).input_ids):
+            raise ValueError(
+                f"the prompt text may not contain the image placeholder or voken tokens; use {IMAGE_MARKER} "
+                f"for input images (got {piece!r})"
+            )
+    context = [Turn(piece, 1) for piece in pieces[:-1]] + [Turn(pieces[-1])]  # each <image> follows its text
+    ids = model.template.source_ids(Conversation("story", Turn(""), context))
     if not images:
         return ids, None
     size = model.vision.image_size
@@ -357,6 +354,8 @@ def generate_from_ids(
     vocab = model.vokens.first_id + model.vokens.num_vokens  # logits cover ids < vocab
     placeholder_run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
 
+    end: EndMarker = model.template.end_marker  # </s>, ### or the chat template's end of turn
+    enders = sorted({end.ids[0]} | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
     reader = _Reader(model, cfg.use_cache)
     generator = torch.Generator(device=reader.device).manual_seed(cfg.seed)
     was_training = model.training
@@ -370,8 +369,8 @@ def generate_from_ids(
         unread: list[int] = []  # a last token written but never fed
         def pick(logits: torch.Tensor) -> int:
             banned = vokens[1:]  # only [IMG0] opens an image; the rest are appended
-            if len(written) < cfg.min_new_tokens and tok.eos_token_id is not None:
-                banned = banned + [tok.eos_token_id]
+            if len(written) < cfg.min_new_tokens:
+                banned = banned + enders
             if cfg.max_images is not None and len(drawn) >= cfg.max_images:
                 banned = banned + [vokens[0]]
             elif cfg.force_image and not drawn:
@@ -398,11 +397,13 @@ def generate_from_ids(
                 )  # (1, 3, H, W) in [-1, 1]
                 drawn += to_pil_images(image)
                 if model.vision is not None and len(written) < cfg.max_new_tokens:
-                    # Training ends a target turn with </s> right after its voken block, so whether
-                    # the turn ends is read here, from the state after [IMG{n-1}], as it was taught.
-                    if tok.eos_token_id is not None and pick(logits) == tok.eos_token_id:
-                        written.append(tok.eos_token_id)
-                        stopped, unread = "eos", [tok.eos_token_id]
+                    # Training ends a target turn with the end marker right after its voken block, so
+                    # whether the turn ends is read here, from the state after [IMG{n-1}], as it was taught.
+                    peek = pick(logits)
+                    if peek in enders:
+                        unread = [peek] if peek == tok.eos_token_id else list(end.ids)
+                        written += unread
+                        stopped = "eos"
                         break
                     # Otherwise the image replaces its voken block in the context, read like an
                     # input image: the story so far then looks like a stage-2 training context,
@@ -412,7 +413,7 @@ def generate_from_ids(
                 continue
 
             written.append(token)
-            if token == tok.eos_token_id:
+            if token == tok.eos_token_id or end.ended(tok, written):
                 stopped = "eos"
                 unread = [token]
                 break
@@ -426,7 +427,7 @@ def generate_from_ids(
     return GenerationResult(
         prompt=prompt,
         input_images=images,
-        segments=_segments(tok, written, vokens, drawn),
+        segments=_segments(tok, written, vokens, drawn, end if stopped == "eos" else None),
         token_ids=written,
         sequence_ids=reader.ids + unread,
         prompt_length=len(prompt_ids),
@@ -437,8 +438,11 @@ def generate_from_ids(
     )
 
 
-def _segments(tokenizer: Any, written: list[int], vokens: list[int], images: list[Image.Image]) -> list[Segment]:
-    """Split the written tokens at each voken block: decoded text and the images, in order."""
+def _segments(
+    tokenizer: Any, written: list[int], vokens: list[int], images: list[Image.Image], end: Optional[EndMarker] = None
+) -> list[Segment]:
+    """Split the written tokens at each voken block: decoded text and the images, in order; the
+    end marker ``end`` (where the turn ended) is left out of the last text."""
     segments: list[Segment] = []
     text: list[int] = []
     pending = iter(images)
@@ -455,4 +459,6 @@ def _segments(tokenizer: Any, written: list[int], vokens: list[int], images: lis
         i += 1
     if text:
         segments.append(tokenizer.decode(text, skip_special_tokens=True))
+    if end is not None and segments and isinstance(segments[-1], str):
+        segments[-1] = end.strip(segments[-1])
     return [s for s in segments if not isinstance(s, str) or s]

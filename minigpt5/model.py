@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Optional
 
 import torch
@@ -20,7 +21,8 @@ from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
-from minigpt5.sequences import encode_caption, pad_examples, tokenize_for_text_encoder
+from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
+from minigpt5.templates import Conversation, Template, build_template, prepare_caption
 from minigpt5.vision import IMAGE_TOKEN
 from minigpt5.vokens import VokenRows
 
@@ -119,6 +121,13 @@ class MiniGPT5(nn.Module):
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
         self.mark_trainable()
         self.apply_activation_checkpointing()
+
+    @cached_property
+    def template(self) -> Template:
+        """How prompts and captions are worded into tokens (built on first use: a model on the
+        meta device has a stand-in tokenizer, without the real one's chat template)."""
+        tokens = self.vision.num_tokens if self.vision is not None else 0
+        return build_template(self.cfg, self.tokenizer, self.voken_ids, self.image_token_id, tokens)
 
     @classmethod
     def on_meta(cls, cfg: MiniGPT5Config) -> "MiniGPT5":
@@ -349,9 +358,12 @@ class MiniGPT5(nn.Module):
     # ---- sampling ----
 
     def caption_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Token batch of captions each followed by the vokens and end marker."""
+        """Token batch of captions each followed by the vokens and end marker, as the template words them."""
         examples = [
-            encode_caption(self.tokenizer, c, self.voken_ids, max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt)
+            self.template.encode(
+                Conversation("caption", Turn("", 1), caption=prepare_caption(c, self.cfg.template)),
+                self.cfg.llm.max_length,
+            )
             for c in captions
         ]
         return pad_examples(examples, self.tokenizer.pad_token_id)

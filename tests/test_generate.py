@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from minigpt5.config import GuidanceConfig, MiniGPT5Config, PeftSettings, VisionConfig
+from minigpt5.config import GuidanceConfig, MiniGPT5Config, PeftSettings, TemplateConfig, VisionConfig
 from lit_models.pages import write_outputs
 from minigpt5.generate import GenerationConfig, choose_token, encode_prompt, generate, penalised_ids
 from minigpt5.images import to_target_tensor
 from minigpt5.model import MiniGPT5
+from minigpt5.templates import SYSTEM_PROMPTS
 from minigpt5.vision import normalise_for_tower
 
 STEPS = 2  # diffusion steps: the image path is exercised, not judged
@@ -370,3 +371,62 @@ def test_cli_tiny_writes_the_files(tmp_path, capsys):
 
     assert main(["generate", "--tiny", "--prompt", "<image>", "--out", str(out)]) == 2
     assert "1 <image> marker(s) but 0 image(s)" in capsys.readouterr().err
+
+
+# ---- the template's end marker stops generation ----
+
+def force_tokens(monkeypatch, model: MiniGPT5, at_calls: dict[int, int]) -> None:
+    """Make token ``at_calls[i]`` the only choice at LLM call i (see :func:`force_images`)."""
+    original = model.vokens.extend_logits
+    calls = {"n": 0}
+
+    def extend_logits(hidden, base_logits):
+        logits = original(hidden, base_logits)
+        if calls["n"] in at_calls:
+            logits[..., -1, at_calls[calls["n"]]] += 1e4
+        calls["n"] += 1
+        return logits
+
+    monkeypatch.setattr(model.vokens, "extend_logits", extend_logits)
+
+
+@pytest.fixture(scope="module")
+def minigpt4_model() -> MiniGPT5:
+    """Tiny model (CLIP tower) under the official template: prompts wrapped, ### ends a turn."""
+    return _build(template=TemplateConfig(name="minigpt4"))
+
+
+def test_minigpt4_prompt_is_a_human_turn_before_the_assistant(minigpt4_model):
+    model = minigpt4_model
+    ids, _ = encode_prompt(model, "a red circle <image> then", [Image.new("RGB", (8, 8), "red")])
+    run = "<ImageHere>" * model.vision.num_tokens
+    expected = f"<s>{SYSTEM_PROMPTS['story']}###Human:a red circle<Img>{run}</Img>then\n ###Assistant:"
+    assert model.tokenizer.decode(ids).replace(" ", "") == expected.replace(" ", "")
+
+
+def test_minigpt4_generation_stops_at_the_end_marker_and_drops_it(minigpt4_model, monkeypatch):
+    model, tok = minigpt4_model, minigpt4_model.tokenizer
+    end = model.template.end_marker
+    words = tok("a red circle", add_special_tokens=False).input_ids
+    force_tokens(monkeypatch, model, {i: t for i, t in enumerate(words + list(end.ids))})
+    result = generate(model, "draw", None, greedy(max_new_tokens=40, min_new_tokens=0))
+    assert result.stopped == "eos" and result.token_ids == words + list(end.ids)
+    assert result.text == "a red circle" and "#" not in result.text
+
+
+def test_minigpt4_after_an_image_the_end_marker_ends_the_turn(minigpt4_model, monkeypatch):
+    """As training puts ### right after a target's voken block, the state after [IMG7] decides."""
+    model, vokens = minigpt4_model, minigpt4_model.voken_ids
+    end = model.template.end_marker
+    force_tokens(monkeypatch, model, {0: vokens[0], 1: end.ids[0]})  # call 1 reads the voken block
+    result = generate(model, "draw", None, greedy(max_new_tokens=40, min_new_tokens=0))
+    assert result.token_ids == vokens + list(end.ids) and result.stopped == "eos"
+    assert len(result.images) == 1 and [type(s) for s in result.segments] == [Image.Image]
+
+
+def test_min_new_tokens_masks_the_end_marker(minigpt4_model, monkeypatch):
+    model = minigpt4_model
+    end = model.template.end_marker
+    force_tokens(monkeypatch, model, {0: end.ids[0]})
+    result = generate(model, "draw", None, greedy(max_new_tokens=6, min_new_tokens=6))
+    assert result.token_ids[0] != end.ids[0] and result.stopped == "max_new_tokens"

@@ -242,11 +242,11 @@ def test_vae_latent_space_variant(caption_batch):
 
 
 def test_batch_without_target_images_gives_text_loss_and_a_zero_ldm(tiny_model):
-    from minigpt5.sequences import Turn, encode_interleaved, pad_examples
+    from minigpt5.sequences import Turn, pad_examples
+    from minigpt5.templates import Conversation
 
     model = tiny_model.train()
-    example = encode_interleaved(model.tokenizer, [Turn("hello there")], Turn("hi"), model.voken_ids,
-                                 image_token_id=model.image_token_id, image_tokens=0, max_length=64)
+    example = model.template.encode(Conversation("story", Turn("hi"), [Turn("hello there")]), 64)
     batch = pad_examples([example], model.tokenizer.pad_token_id)
     batch["target_pixels"] = torch.zeros(0, 3, model.cfg.diffusion.resolution, model.cfg.diffusion.resolution)
     out = model(batch)

@@ -1,13 +1,14 @@
-"""Token sequences: label masking, truncation, padding."""
+"""Token sequences: label masking, truncation, padding (the plain template's caption rows)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from minigpt5.config import VokenConfig
+from minigpt5.config import MiniGPT5Config, TemplateConfig, VokenConfig
 from minigpt5.losses import IGNORE_INDEX
-from minigpt5.sequences import Example, encode_caption, pad_examples, tokenize_for_text_encoder, voken_block
+from minigpt5.sequences import Example, Turn, pad_examples, tokenize_for_text_encoder
+from minigpt5.templates import Conversation, PlainTemplate
 from minigpt5.tokenizer import build_tiny_tokenizer
 from minigpt5.vokens import add_voken_tokens
 
@@ -19,10 +20,19 @@ def tok_and_vokens():
     return tok, ids
 
 
-def test_voken_block_labels_only_first_voken():
-    ids, labels = voken_block([10, 11, 12, 13])
-    assert ids == [10, 11, 12, 13]
-    assert labels == [10, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+def encode_caption(tok, caption, vokens, *, max_length, prompt=""):
+    """A caption row under the plain template (image placeholder id unused: no context)."""
+    template = PlainTemplate(TemplateConfig(prompt=prompt), tok, vokens, image_token_id=-1)
+    return template.encode(Conversation("caption", Turn("", 1), caption=caption), max_length)
+
+
+def test_voken_block_labels_only_first_voken(tok_and_vokens):
+    tok, vokens = tok_and_vokens
+    ex = PlainTemplate(TemplateConfig(), tok, vokens, image_token_id=-1).encode(
+        Conversation("story", Turn("", 2)), 64)
+    assert ex.input_ids == [tok.bos_token_id] + vokens + vokens + [tok.eos_token_id]
+    block = [vokens[0]] + [IGNORE_INDEX] * 7
+    assert ex.labels == [IGNORE_INDEX] + block + block + [tok.eos_token_id]
 
 
 def test_encode_caption_layout_and_labels(tok_and_vokens):
@@ -44,12 +54,12 @@ def test_encode_caption_layout_and_labels(tok_and_vokens):
     assert ex.labels[-1] == tok.eos_token_id  # eos labelled
 
 
-def test_encode_caption_without_image(tok_and_vokens):
+def test_encode_caption_source_is_what_comes_before_the_image(tok_and_vokens):
     tok, vokens = tok_and_vokens
-    ex = encode_caption(tok, "a dog", vokens, max_length=32, with_image=False)
+    ex = encode_caption(tok, "a dog", vokens, max_length=32)
     cap_ids = tok("a dog", add_special_tokens=False).input_ids
-    assert ex.input_ids == [tok.bos_token_id] + cap_ids
-    assert not any(i in vokens for i in ex.input_ids)
+    assert ex.input_ids[:ex.source_length] == [tok.bos_token_id] + cap_ids
+    assert not any(i in vokens for i in ex.input_ids[:ex.source_length])
 
 
 def test_truncation_cuts_caption_never_vokens(tok_and_vokens):

@@ -7,7 +7,8 @@ import pytest
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.losses import IGNORE_INDEX
-from minigpt5.sequences import SequenceTooLong, Turn, encode_interleaved
+from minigpt5.sequences import SequenceTooLong, Turn
+from minigpt5.templates import Conversation, build_template
 from minigpt5.vision import IMAGE_TOKEN
 
 K = 3  # placeholder tokens per context image
@@ -20,9 +21,10 @@ def tok():
 
 
 def encode(tok, context, target, max_length=64):
+    """A story step under the plain template (the tiny default)."""
     tokenizer, voken_ids, image_id = tok
-    return encode_interleaved(tokenizer, context, target, voken_ids, image_token_id=image_id,
-                              image_tokens=K, max_length=max_length)
+    template = build_template(MiniGPT5Config(), tokenizer, voken_ids, image_id, image_tokens=K)
+    return template.encode(Conversation("story", target, context), max_length)
 
 
 def words(tokenizer, text):
