@@ -11,10 +11,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
 from evaluation.items import WORLD_PROTOCOLS, detect_protocol, read_items
-from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.protocols import ClipF1, Draw, ProtocolOptions, Run, comparison_grid, run_protocol
 from evaluation.report import metric_value
+from evaluation.systems import MiniGPT5System, VistPrompt, target_prompt
+from evaluation.text_metrics import BleuTokens
 from evaluation.world_scores import WORLD_SAMPLING
-from evaluation.systems import MiniGPT5System
 from minigpt5.generate import GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ class EvaluationCallback(Callback):
     suits DDP; under FSDP or ZeRO-3, whose weights are sharded, evaluate checkpoints with
     ``minigpt5 eval`` instead. ``extractors="tiny"`` uses random small networks (offline
     runs, tests): their numbers only show the pipeline works.
+
+    The protocol's choices are ``minigpt5 eval``'s, with its defaults: ``draw`` (``free``:
+    the model decides whether to draw and ``eval/drawn`` logs the share it drew for;
+    ``forced``: teacher-forced vokens; pairs and stories only, responses are always free),
+    ``vist_prompt``, ``clip_f1`` and ``bleu``.
     """
 
     def __init__(
@@ -49,6 +55,10 @@ class EvaluationCallback(Callback):
         seed: int = 42,
         paths: ExtractorPaths = ExtractorPaths(),
         grid_items: int = 8,
+        draw: Draw = "free",
+        vist_prompt: VistPrompt = "official",
+        clip_f1: ClipF1 = "official",
+        bleu: BleuTokens = "words",
     ) -> None:
         if (every_n_epochs is None) == (every_n_steps is None):
             raise ValueError("EvaluationCallback needs exactly one of every_n_epochs and every_n_steps")
@@ -63,6 +73,9 @@ class EvaluationCallback(Callback):
                                     num_inference_steps=num_inference_steps, seed=seed)
         self.world_gen = dataclasses.replace(self.gen, **WORLD_SAMPLING)
         self.grid_items = grid_items
+        self.options = ProtocolOptions(draw=draw, clip_f1=clip_f1, bleu=bleu)
+        self.vist_prompt = vist_prompt
+        target_prompt("vist", vist_prompt)  # an unknown choice fails here, not at the first evaluation
         self._extractors: Optional[Extractors] = None
         self._last_step = -1
         self.last_run: Optional[Run] = None
@@ -93,12 +106,14 @@ class EvaluationCallback(Callback):
         self._extractors.to(pl_module.device)
         model = pl_module.model
         gen = self.world_gen if protocol in WORLD_PROTOCOLS else self.gen
-        system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context)
+        system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context,
+                                prompt=target_prompt(protocol, self.vist_prompt))
         was_training = model.training
         model.eval()
         try:
             run = run_protocol(system, read_items(shards, protocol, self.targets, self.max_items), protocol,
-                               self._extractors, model.cfg.diffusion.resolution, keep_examples=self.grid_items,
+                               self._extractors, model.cfg.diffusion.resolution,
+                               options=self.options.for_protocol(protocol), keep_examples=self.grid_items,
                                progress=False)
         finally:
             model.train(was_training)
