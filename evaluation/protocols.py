@@ -21,7 +21,9 @@ What is scored:
 
 - image protocols (``cc3m``, ``vist``): FID (torchmetrics and clean-fid) and IS of the
   generated images, CLIP-I against the ground-truth image, CLIP-T against the target
-  text (the step's own text; the paper's code scores the voken string by mistake).
+  text (the caption, as the official CC3M scoring, dataloader.py:77-78; the step's own
+  text for VIST, where the official code scores its target, the voken string,
+  metric.py:245 with dataloader.py:269).
   FID's reference is, for CC3M, every item's ground truth resized unpadded, as the
   official statistics of all validation images are (metric.py:97-112); for VIST the
   ground truths of the items drawn, white-padded as training targets are (as the

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import zlib
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from PIL import Image
@@ -87,12 +87,13 @@ class MiniGPT5System:
                 f"context '{context}' feeds earlier images to the model, but it has no vision tower "
                 "(vision.kind is none, e.g. a stage-1 checkpoint); use context 'text'"
             )
+        message = f"the target text's prompt must be a format string whose only field is {{text}}; got {prompt!r}"
+        if "{text}" not in prompt:
+            raise ConfigError(message)
         try:
-            placed = prompt.format(text="\0") != prompt
-        except (KeyError, IndexError, ValueError):
-            placed = False
-        if not placed:
-            raise ConfigError(f"the target text's prompt must be a format string whose only field is {{text}}; got {prompt!r}")
+            prompt.format(text="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(message) from err
         self.model, self.gen, self.context, self.prompt = model, gen, context, prompt
         self.counter = SampleCounter()
         self.encoder = InterleavedEncoder(model.cfg, self.counter, targets="all", context=context)
@@ -147,7 +148,7 @@ class MiniGPT5System:
         result = self._generate(item, ids, encoded, self.gen)
         return (text_before_image(result) if until_image else result.text.strip()), result.images
 
-    def _generate(self, item: EvalItem, ids: list[int], encoded: dict, gen: GenerationConfig) -> GenerationResult:
+    def _generate(self, item: EvalItem, ids: list[int], encoded: dict[str, Any], gen: GenerationConfig) -> GenerationResult:
         """Generate after ``ids``, with the context images of ``encoded``, seeded by the item."""
         pixels = encoded["input_pixels"] if self.encoder.with_images and len(encoded["input_pixels"]) else None
         return generate_from_ids(self.model, ids, pixels, dataclasses.replace(gen, seed=item_seed(gen.seed, item)))

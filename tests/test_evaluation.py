@@ -280,8 +280,9 @@ def test_free_drawing_gives_the_forced_input_up_to_the_vokens_in_the_vist_prompt
     bare.draw_free(item)
     assert "scene description" not in model.tokenizer.decode(calls[-1][0])
     assert target_prompt("cc3m") == "{text}"
-    with pytest.raises(ConfigError, match="only field is"):
-        MiniGPT5System(model, GenerationConfig(), prompt="Generate an image")
+    for prompt in ("Generate an image", "{text} in {style}"):
+        with pytest.raises(ConfigError, match="only field is"):
+            MiniGPT5System(model, GenerationConfig(), prompt=prompt)
 
 
 def test_mmdialog_scores_the_response_text_up_to_its_first_image(model, data, monkeypatch):
