@@ -10,9 +10,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
 from evaluation.items import decoding_preset, detect_protocol, read_items
-from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.protocols import ClipF1, Draw, ProtocolOptions, Run, comparison_grid, run_protocol
 from evaluation.report import metric_value
-from evaluation.systems import MiniGPT5System
+from evaluation.systems import MiniGPT5System, VistPrompt, target_prompt
+from evaluation.text_metrics import BleuTokens
 from minigpt5.decoding import PRESETS, resolve_decoding
 from minigpt5.generate import GenerationConfig
 
@@ -32,7 +33,11 @@ class EvaluationCallback(Callback):
     runs, tests): their numbers only show the pipeline works.
 
     Decoding follows the protocol's preset (:mod:`minigpt5.decoding`), as ``minigpt5 eval``
-    does; each decoding argument left at None keeps the preset's value.
+    does; each decoding argument left at None keeps the preset's value. The protocol's
+    choices are ``minigpt5 eval``'s, with its defaults: ``draw`` (``free``: the model decides
+    whether to draw and ``eval/drawn`` logs the share it drew for; ``forced``: teacher-forced
+    vokens; pairs and stories only, responses are always free), ``vist_prompt``, ``clip_f1``
+    and ``bleu``.
     """
 
     def __init__(
@@ -55,6 +60,10 @@ class EvaluationCallback(Callback):
         seed: int = 42,
         paths: ExtractorPaths = ExtractorPaths(),
         grid_items: int = 8,
+        draw: Draw = "free",
+        vist_prompt: VistPrompt = "official",
+        clip_f1: ClipF1 = "official",
+        bleu: BleuTokens = "words",
     ) -> None:
         if (every_n_epochs is None) == (every_n_steps is None):
             raise ValueError("EvaluationCallback needs exactly one of every_n_epochs and every_n_steps")
@@ -71,6 +80,9 @@ class EvaluationCallback(Callback):
         for preset in PRESETS:  # a bad value fails here, not at the first evaluation
             resolve_decoding(preset, **self.decoding)
         self.grid_items = grid_items
+        self.options = ProtocolOptions(draw=draw, clip_f1=clip_f1, bleu=bleu)
+        self.vist_prompt = vist_prompt
+        target_prompt("vist", vist_prompt)  # an unknown choice fails here, not at the first evaluation
         self._extractors: Optional[Extractors] = None
         self._last_step = -1
         self.last_run: Optional[Run] = None
@@ -105,12 +117,14 @@ class EvaluationCallback(Callback):
         self._extractors.to(pl_module.device)
         model = pl_module.model
         gen = self.generation_config(protocol)
-        system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context)
+        system = MiniGPT5System(model, gen, context="text" if model.vision is None else self.context,
+                                prompt=target_prompt(protocol, self.vist_prompt))
         was_training = model.training
         model.eval()
         try:
             run = run_protocol(system, read_items(shards, protocol, self.targets, self.max_items), protocol,
-                               self._extractors, model.cfg.diffusion.resolution, keep_examples=self.grid_items,
+                               self._extractors, model.cfg.diffusion.resolution,
+                               options=self.options.for_protocol(protocol), keep_examples=self.grid_items,
                                progress=False)
         finally:
             model.train(was_training)

@@ -2,9 +2,11 @@
 
 Every row carries the settings it was produced with; the table carries the
 checkpoint's identity (path and SHA-256), the protocol and the extractors, so a
-number can always be traced back. Systems not rerun here (GILL, Divter, the paper's
-own figures) come from a config of published figures and are marked "quoted"; a score
-a quoted row has no figure for reads "not retrieved" (or the entry's own ``missing``
+number can always be traced back. The first metric column, ``drawn``, is the share of
+items the system produced an image for: under free drawing the image metrics beside
+it are over those items only. Systems not rerun here (GILL, Divter, the paper's own
+figures) come from a config of published figures and are marked "quoted"; a score a
+quoted row has no figure for reads "not retrieved" (or the entry's own ``missing``
 text), never a blank that could pass for a measured value.
 """
 
@@ -20,7 +22,7 @@ import yaml
 
 # Column order of the markdown table; other keys follow alphabetically.
 METRIC_ORDER = (
-    "fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t",
+    "drawn", "fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t",
     "bleu1", "bleu2", "rouge_l", "sbert", "clip_f1", "intent_f1",
     "text_correct", "image_precision", "image_recall", "image_f1", "colour_right", "shape_right",
     "colour_from_image", "coherence", "items",

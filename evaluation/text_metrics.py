@@ -2,30 +2,71 @@
 
 All are sentence-level (one generated response against its reference), so that
 scores can be averaged per dialogue and then across dialogues. BLEU-n is the
-cumulative BLEU with uniform weights over 1..n-grams and a brevity penalty
-(torchmetrics, unsmoothed); ROUGE-L is the F-measure of the longest common
-subsequence (torchmetrics).
+cumulative BLEU with uniform weights over 1..n-grams and a brevity penalty,
+unsmoothed, over words (``tokens="words"``, the default: BLEU as the MMDialog paper
+and every other reader of a BLEU figure means it) or over characters
+(``tokens="chars"``: what the official code computes, by passing strings where nltk's
+``sentence_bleu`` expects token lists, metric.py:426, though it imports
+``word_tokenize``; use it to compare with the paper's figures). ROUGE-L is the
+F-measure of the longest common subsequence (torchmetrics).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+import string
+from collections import Counter
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.text import bleu_score, rouge_score
+from torchmetrics.functional.text import rouge_score
 
 from minigpt5.loading import load_pretrained
 
 # Sentence-BERT default: a mean-pooled MiniLM from the sentence-transformers collection.
 SBERT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
+BleuTokens = Literal["words", "chars"]
+BLEU_TOKENS = ("words", "chars")
 
-def bleu(hypothesis: str, reference: str, n: int) -> float:
-    """Sentence BLEU-n of ``hypothesis`` against one ``reference`` (0 for an empty hypothesis)."""
-    if not hypothesis.strip():
+
+def bleu_tokens(text: str, tokens: BleuTokens) -> list[str]:
+    """Words (split on whitespace) or characters, spaces included (as nltk iterates a string)."""
+    if tokens == "words":
+        return text.split()
+    if tokens == "chars":
+        return list(text)
+    raise ValueError(f"BLEU tokens must be one of {', '.join(BLEU_TOKENS)}; got {tokens!r}")
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def bleu(hypothesis: str, reference: str, n: int, tokens: BleuTokens = "words") -> float:
+    """Sentence BLEU-n of ``hypothesis`` against one ``reference``: the geometric mean of the
+    clipped 1..n-gram precisions times the brevity penalty (0 for an empty hypothesis, or
+    when some order has no match: no smoothing)."""
+    hyp, ref = bleu_tokens(hypothesis.strip(), tokens), bleu_tokens(reference.strip(), tokens)
+    if not hyp:
         return 0.0
-    return float(bleu_score([hypothesis], [[reference]], n_gram=n))
+    log_precision = 0.0
+    for order in range(1, n + 1):
+        hyp_grams, ref_grams = _ngrams(hyp, order), _ngrams(ref, order)
+        matches = sum(min(count, ref_grams[gram]) for gram, count in hyp_grams.items())
+        if matches == 0:
+            return 0.0
+        log_precision += math.log(matches / sum(hyp_grams.values())) / n
+    brevity = 1.0 if len(hyp) > len(ref) else math.exp(1 - len(ref) / len(hyp))
+    return brevity * math.exp(log_precision)
+
+
+def scoring_text(text: str) -> str:
+    """A response as the official MMDialog scoring reads it: stripped, and empty when it is
+    only punctuation (metric.py:413-418; the cut at the first image is the system's)."""
+    text = text.strip()
+    return "" if all(c in string.punctuation for c in text) else text
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
@@ -67,7 +108,7 @@ def sbert_similarity(encoder: SentenceEncoder, hypotheses: Sequence[str], refere
     return (encoder(hypotheses) * encoder(references)).sum(-1)
 
 
-def text_scores(hypothesis: str, reference: str) -> dict[str, float]:
-    """BLEU-1, BLEU-2 and ROUGE-L of one response."""
-    return {"bleu1": bleu(hypothesis, reference, 1), "bleu2": bleu(hypothesis, reference, 2),
+def text_scores(hypothesis: str, reference: str, tokens: BleuTokens = "words") -> dict[str, float]:
+    """BLEU-1, BLEU-2 (over ``tokens``) and ROUGE-L of one response."""
+    return {"bleu1": bleu(hypothesis, reference, 1, tokens), "bleu2": bleu(hypothesis, reference, 2, tokens),
             "rouge_l": rouge_l(hypothesis, reference)}

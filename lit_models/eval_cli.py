@@ -10,8 +10,11 @@ take the protocol's preset (:mod:`minigpt5.decoding`): for cc3m, vist and mmdial
 official code's (guidance 7.5, 50 diffusion steps, temperature 1.0, top-p 0.9, repetition
 penalty 2.0 over the generated tokens, 1 to 256 new tokens), for the synthetic world's
 greedy without a penalty; the diffusion sampler is the model config's (``guidance.sampler``),
-seed 42. ``--guidance-scale`` takes several values to sweep (1 means no guidance); each
-gives one row per system.
+seed 42. The protocol follows the official one by default: free drawing (``--draw free``:
+the model decides whether to draw, the image metrics are over the items it drew for, and
+``drawn`` gives their share), VIST steps in the official prompt, the official CLIP-F1;
+BLEU over words (``--bleu chars`` for the official code's). ``--guidance-scale`` takes
+several values to sweep (1 means no guidance); each gives one row per system.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ from typing import Any, Optional
 import torch
 
 from data_modules.shards import SampleCounter
+from data_modules.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
 from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, decoding_preset, read_items
-from evaluation.protocols import Run, comparison_grid, run_protocol
+from evaluation.protocols import (
+    CLIP_F1_DEFINITIONS, DRAW_MODES, DRAW_PROTOCOLS, ProtocolOptions, Run, comparison_grid, run_protocol,
+)
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
-from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, WriteThenDraw
+from evaluation.systems import VIST_PROMPTS, MiniGPT5System, StableDiffusionBaseline, WriteThenDraw, target_prompt
+from evaluation.text_metrics import BLEU_TOKENS
 from evaluation.world_scores import world_summary
 from lit_models.pages import world_examples_html
 from minigpt5.config import SAMPLER_NAMES, ConfigError
@@ -54,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vist/mmdialog: every step/response, or only the last of each story/dialogue")
     parser.add_argument("--context", choices=("both", "text", "images"), default="both",
                         help="vist/mmdialog: what of the earlier turns the model sees")
+    parser.add_argument("--draw", choices=DRAW_MODES, default="free",
+                        help="cc3m/vist: free (the model decides whether to draw; scored where it did, as the "
+                             "official code) or forced (teacher-forced vokens: every item gets an image)")
+    parser.add_argument("--vist-prompt", choices=tuple(VIST_PROMPTS), default="official",
+                        help=f"vist: the step's text as the model is given it: official ({VIST_IMAGE_PROMPT!r}) "
+                             "or none (the bare text, as this project's continuation task trains it)")
+    parser.add_argument("--clip-f1", choices=CLIP_F1_DEFINITIONS, default="official",
+                        help="mmdialog: official (text-text and image-image CLIP similarities pooled per dialogue) "
+                             "or image (images only, negative similarities as 0, image-less dialogues left out)")
+    parser.add_argument("--bleu", choices=BLEU_TOKENS, default="words",
+                        help="mmdialog: BLEU over words, or over characters as the official code computes it")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["minigpt5"])
     parser.add_argument("--sd2-text", choices=("target", "story"), default="target",
                         help="SD2 baseline prompt: the target step's text, or the whole story so far")
@@ -103,7 +121,16 @@ def make_system(name: str, model: Any, args: argparse.Namespace, gen: Generation
                                        num_inference_steps=gen.num_inference_steps, sampler=gen.sampler, seed=gen.seed)
     if name == "llm-then-sd":
         return WriteThenDraw(model, gen)
-    return MiniGPT5System(model, gen, context="text" if args.protocol == "cc3m" else args.context)
+    return MiniGPT5System(model, gen, context="text" if args.protocol == "cc3m" else args.context,
+                          prompt=target_prompt(args.protocol, args.vist_prompt))
+
+
+def protocol_options(args: argparse.Namespace) -> ProtocolOptions:
+    """The run and scoring choices; ``--draw forced`` only where items are drawn."""
+    if args.draw != "free" and args.protocol not in DRAW_PROTOCOLS:
+        raise ConfigError(f"--draw {args.draw} is for {' and '.join(DRAW_PROTOCOLS)}; {args.protocol} scores free "
+                          "responses, whose decision to draw is part of the score")
+    return ProtocolOptions(draw=args.draw, clip_f1=args.clip_f1, bleu=args.bleu)
 
 
 def save_samples(run: Run, path: Path, resolution: int) -> Optional[Path]:
@@ -123,6 +150,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.protocol not in WORLD_PROTOCOLS and "llm-then-sd" in args.systems:
         raise ConfigError("the llm-then-sd baseline is scored only by the synthetic world's protocols")
     quoted = quoted_rows(args.quoted, args.protocol) if args.quoted else []  # read first: a bad file fails fast
+    options = protocol_options(args)
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
@@ -136,19 +164,21 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
             system = make_system(name, model, args, dataclasses.replace(gen, guidance_scale=scale))
             counter = SampleCounter()
             items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
-            run = run_protocol(system, items, args.protocol, extractors, resolution, keep_examples=args.examples,
-                               progress=not args.no_progress, total=args.max_items)
+            run = run_protocol(system, items, args.protocol, extractors, resolution, options=options,
+                               keep_examples=args.examples, progress=not args.no_progress, total=args.max_items)
             stem = f"{name}_g{system.settings['guidance_scale']:g}"
             sample_path = save_samples(run, out / f"samples_{stem}.png", resolution)
             if args.protocol in WORLD_PROTOCOLS:
                 page = world_examples_html(f"{system.name} on {args.protocol} ({args.shards})", run.examples,
                                            world_summary(run.metrics))
                 (out / f"examples_{stem}.html").write_text(page, encoding="utf-8")
-            rows.append({"system": system.name, "kind": "run", "settings": system.settings, "metrics": run.metrics,
+            rows.append({"system": system.name, "kind": "run", "settings": {**system.settings, "draw": options.draw},
+                         "metrics": run.metrics,
                          "samples": str(sample_path) if sample_path else None,
                          "skipped": {"bad_samples": counter.bad, "steps_without_image": counter.skipped},
-                         "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text}
-                                      for item, _, text in run.examples if args.protocol not in ("cc3m", "vist")]})
+                         "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text,
+                                       "images": len(images)} for item, images, text in run.examples
+                                      if options.draw == "free"]})
     rows += quoted
     header = {
         "protocol": args.protocol,
@@ -156,6 +186,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         "shards": args.shards,
         "targets": args.targets if args.protocol != "cc3m" else "all",
         "context": args.context if args.protocol != "cc3m" else "none",
+        **scoring_header(args, options),
         "extractors": extractors.kind if extractors.kind == "real"
         else "tiny (random networks: these numbers only check the pipeline)",
         "clip": extractors.clip_name,
@@ -163,6 +194,20 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return write_results(out, header, rows)
+
+
+def scoring_header(args: argparse.Namespace, options: ProtocolOptions) -> dict[str, str]:
+    """The protocol choices that shape this table's numbers, in words."""
+    if args.protocol in DRAW_PROTOCOLS:
+        vist = {"prompt": target_prompt("vist", args.vist_prompt)} if args.protocol == "vist" else {}
+        return {"draw": "free: the system decides whether to draw; image metrics over the items it drew for (drawn)"
+                if options.draw == "free" else "forced: teacher-forced vokens, an image for every item", **vist}
+    if args.protocol == "mmdialog":
+        return {"clip_f1": "official: text-text and image-image similarities pooled per dialogue"
+                if options.clip_f1 == "official" else "image: image similarities only (at least 0), "
+                "dialogues without images left out",
+                "bleu": "over words" if options.bleu == "words" else "over characters (the official code's)"}
+    return {}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

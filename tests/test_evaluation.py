@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import types
 from pathlib import Path
 
 import lightning
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from callbacks.evaluation import EvaluationCallback
 from data_modules.synthetic import write_synthetic
+from data_modules.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import tiny_extractors
+from evaluation.image_metrics import clip_image_embeddings, fid
 from evaluation.items import EvalItem, detect_protocol, read_items
-from evaluation.protocols import run_protocol
-from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, item_seed
+from evaluation.protocols import ProtocolOptions, _uint8, run_protocol
+from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, item_seed, target_prompt
 from lit_models.cli import main
 from lit_models.module import MiniGPT5Module
 from minigpt5.config import ConfigError, MiniGPT5Config, VisionConfig
-from minigpt5.generate import GenerationConfig
+from minigpt5.generate import GenerationConfig, GenerationResult
 from minigpt5.images import to_pil_images
 
 STEPS = "2"  # diffusion steps: the metrics' plumbing, not image quality, is under test
@@ -67,8 +73,9 @@ def finite_metrics(row: dict, names: tuple[str, ...]) -> None:
 
 @pytest.mark.slow
 def test_cc3m_eval_with_sd2_baseline_and_guidance_sweep(stage1_ckpt, data, tmp_path):
-    results = run_eval(["--ckpt", str(stage1_ckpt), "--protocol", "cc3m", "--shards", data["pairs"],
+    results = run_eval(["--ckpt", str(stage1_ckpt), "--protocol", "cc3m", "--shards", data["pairs"], "--draw", "forced",
                         "--systems", "minigpt5", "sd2", "--guidance-scale", "1", "7.5"], tmp_path)
+    assert results["draw"].startswith("forced")
     assert results["checkpoint"]["sha256"] == hashlib.sha256(stage1_ckpt.read_bytes()).hexdigest()
     run = [r for r in results["rows"] if r["kind"] == "run"]
     assert [(r["system"], r["settings"]["guidance_scale"]) for r in run] == [
@@ -76,7 +83,9 @@ def test_cc3m_eval_with_sd2_baseline_and_guidance_sweep(stage1_ckpt, data, tmp_p
     for row in run:
         finite_metrics(row, ("fid", "clean_fid", "is", "clip_i", "clip_t"))
         assert row["metrics"]["items"] == 6 and Path(row["samples"]).is_file()
+        assert row["metrics"]["drawn"] == {"value": 1.0, "hits": 6, "count": 6}  # teacher-forced: every item
         assert row["settings"]["num_inference_steps"] == 2 and row["settings"]["seed"] == 42
+        assert row["settings"]["draw"] == "forced"
     # Sweep rows are distinct runs: guidance changes the images, so the scores move.
     assert run[0]["metrics"]["fid"] != run[2]["metrics"]["fid"]
     assert run[0]["metrics"]["clip_i"] != run[1]["metrics"]["clip_i"]  # and MiniGPT-5 is not SD2
@@ -87,12 +96,12 @@ def test_cc3m_eval_with_sd2_baseline_and_guidance_sweep(stage1_ckpt, data, tmp_p
 
 @pytest.mark.slow
 def test_vist_eval_per_story_fid_and_context_modes(stage2_ckpt, data, tmp_path):
-    both = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "vist", "--shards", data["stories"],
-                     "--systems", "minigpt5", "sd2", "--sd2-text", "story"], tmp_path / "both")
+    both = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "vist", "--shards", data["stories"], "--draw", "forced",
+                     "--vist-prompt", "none", "--systems", "minigpt5", "sd2", "--sd2-text", "story"], tmp_path / "both")
     for row in (r for r in both["rows"] if r["kind"] == "run"):
         finite_metrics(row, ("fid", "clean_fid", "fid_per_story", "is", "clip_i", "clip_t"))
         assert row["metrics"]["items"] == 6 and row["metrics"]["stories_scored"] == 2  # 2 stories x 3 steps
-    text = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "vist", "--shards", data["stories"],
+    text = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "vist", "--shards", data["stories"], "--draw", "forced",
                      "--context", "text", "--targets", "last"], tmp_path / "text")
     row = text["rows"][0]
     assert text["context"] == "text" and row["metrics"]["items"] == 2
@@ -107,7 +116,34 @@ def test_mmdialog_eval_scores_text_and_images(stage2_ckpt, data, tmp_path):
     assert row["metrics"]["items"] == 6 and row["metrics"]["dialogues"] == 2  # 3 responses per 4-turn dialogue
     finite_metrics(row, ("bleu1", "bleu2", "rouge_l", "sbert", "clip_f1"))
     assert len(row["examples"]) == 6 and all(isinstance(e["response"], str) for e in row["examples"])
+    assert row["metrics"]["drawn"]["count"] == 6
     assert [r["system"] for r in results["rows"] if r["kind"] == "quoted"] == ["Divter", "MiniGPT-5 (published)"]
+    assert results["clip_f1"].startswith("official") and results["bleu"] == "over words"
+    other = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "mmdialog", "--shards", data["dialogues"],
+                      "--max-new-tokens", "12", "--clip-f1", "image", "--bleu", "chars"], tmp_path / "other")
+    assert other["clip_f1"].startswith("image") and "characters" in other["bleu"]
+    # The same responses (same seeds), scored by the other definitions.
+    assert [e["response"] for e in other["rows"][0]["examples"]] == [e["response"] for e in row["examples"]]
+    assert other["rows"][0]["metrics"]["bleu1"] != row["metrics"]["bleu1"]
+
+
+@pytest.mark.slow
+def test_free_drawing_is_the_default_and_reports_the_share_drawn(stage1_ckpt, data, tmp_path):
+    results = run_eval(["--ckpt", str(stage1_ckpt), "--protocol", "cc3m", "--shards", data["pairs"],
+                        "--max-new-tokens", "4"], tmp_path)
+    row = results["rows"][0]
+    assert results["draw"].startswith("free") and row["settings"]["draw"] == "free"
+    drawn = row["metrics"]["drawn"]
+    assert drawn["count"] == row["metrics"]["items"] == 6 and drawn["value"] == drawn["hits"] / 6
+    assert [e["images"] for e in row["examples"]].count(1) == drawn["hits"]  # what each item wrote and drew
+    table = (tmp_path / "results.md").read_text()
+    assert "| drawn |" in table and f"({drawn['hits']}/6)" in table
+
+
+def test_forced_drawing_is_refused_where_responses_are_scored(stage2_ckpt, data, tmp_path, capsys):
+    assert main(["eval", "--ckpt", str(stage2_ckpt), "--protocol", "mmdialog", "--shards", data["dialogues"],
+                 "--draw", "forced", "--extractors", "tiny", "--out", str(tmp_path)]) == 2
+    assert "--draw forced is for cc3m and vist" in capsys.readouterr().err
 
 
 def test_eval_with_real_extractors_offline_names_the_missing_file(stage1_ckpt, data, tmp_path, capsys):
@@ -153,11 +189,135 @@ def test_sd2_baseline_reads_the_text_and_shares_the_items_noise(model, data):
         StableDiffusionBaseline(model, text="caption")
 
 
+def _shifted(image: Image.Image) -> Image.Image:
+    """A stand-in generated image that differs from its ground truth."""
+    return Image.fromarray(255 - np.asarray(image.convert("RGB")))
+
+
+class EveryOther:
+    """A free-drawing stand-in: draws (the inverted ground truth) on every other item it sees."""
+
+    name = "every other"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def draw_free(self, item: EvalItem) -> tuple[str, list[Image.Image]]:
+        self.seen += 1
+        return ("a picture", [_shifted(item.images[0])]) if self.seen % 2 else ("no picture", [])
+
+
+def test_free_drawing_scores_only_the_items_drawn_cc3m_fid_against_every_item_unpadded():
+    rng = np.random.default_rng(0)
+    items = [EvalItem(f"k{i}", 0, f"caption {i}", [Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8))])
+             for i in range(6)]  # wide images: padding them changes their features
+    ex = tiny_extractors()
+    run = run_protocol(EveryOther(), items, "cc3m", ex, 16, progress=False)
+    metrics = run.metrics
+    assert metrics["drawn"] == {"value": 0.5, "hits": 3, "count": 6} and metrics["items"] == 6
+    drawn = items[::2]
+    fakes = ex.fid_features(_uint8([_shifted(i.images[0]) for i in drawn], 16)).double()
+    every_real = ex.fid_features(_uint8([i.images[0] for i in items], 16, pad=False)).double()
+    assert metrics["fid"] == pytest.approx(fid(every_real, fakes))
+    padded_drawn = ex.fid_features(_uint8([i.images[0] for i in drawn], 16)).double()
+    assert metrics["fid"] != pytest.approx(fid(padded_drawn, fakes))
+    fake_emb = clip_image_embeddings(ex.clip, [_shifted(i.images[0]) for i in drawn], ex.clip_processor)
+    real_emb = clip_image_embeddings(ex.clip, [i.images[0] for i in drawn], ex.clip_processor)
+    assert metrics["clip_i"] == pytest.approx(float((fake_emb * real_emb).sum(-1).mean()))
+    assert [len(images) for _, images, _ in run.examples] == [1, 0, 1, 0, 1, 0]
+
+
+def test_free_drawing_on_vist_scores_drawn_steps_against_their_own_ground_truth(data):
+    items = list(read_items(data["stories"], "vist"))  # 2 stories x 3 steps; steps 0, 2 and 4 of 6 drawn
+    ex = tiny_extractors()
+    metrics = run_protocol(EveryOther(), items, "vist", ex, 16, progress=False).metrics
+    drawn = items[::2]
+    reals = ex.fid_features(_uint8([i.images[0] for i in drawn], 16)).double()
+    fakes = ex.fid_features(_uint8([_shifted(i.images[0]) for i in drawn], 16)).double()
+    assert metrics["fid"] == pytest.approx(fid(reals, fakes)) and metrics["drawn"]["hits"] == 3
+    assert metrics["stories_scored"] == 1 and metrics["stories_skipped"] == 1  # the second story has one drawn step
+
+
+def test_a_model_that_never_draws_has_no_image_metrics_and_a_zero_share(model, data):
+    system = MiniGPT5System(model, GenerationConfig(max_new_tokens=4, max_images=0, num_inference_steps=2), context="text")
+    run = run_protocol(system, read_items(data["pairs"], "cc3m", max_items=3), "cc3m", tiny_extractors(),
+                       model.cfg.diffusion.resolution, progress=False)
+    assert run.metrics["drawn"] == {"value": 0.0, "hits": 0, "count": 3} and run.metrics["items"] == 3
+    assert run.metrics["fid"] is None and run.metrics["clip_i"] is None
+    assert all(images == [] and text for _, images, text in run.examples)  # it wrote, and drew nothing
+
+
+def test_forced_drawing_draws_every_item_as_draw_does(model, data):
+    system = MiniGPT5System(model, GenerationConfig(num_inference_steps=2), context="text")
+    items = list(read_items(data["pairs"], "cc3m", max_items=3))
+    run = run_protocol(system, items, "cc3m", tiny_extractors(), model.cfg.diffusion.resolution,
+                       options=ProtocolOptions(draw="forced"), progress=False)
+    assert run.metrics["drawn"] == {"value": 1.0, "hits": 3, "count": 3} and run.metrics["fid"] is not None
+    for item, (_, images, _) in zip(items, run.examples):
+        assert np.array_equal(np.asarray(images[0]), np.asarray(system.draw(item)))
+
+
+def _result(*segments) -> GenerationResult:
+    return GenerationResult(prompt="", input_images=[], segments=list(segments), token_ids=[], sequence_ids=[],
+                            prompt_length=0, context_pixels=None, voken_features=[], settings={}, stopped="eos")
+
+
+def test_free_drawing_gives_the_forced_input_up_to_the_vokens_in_the_vist_prompt(model, data, monkeypatch):
+    item = list(read_items(data["stories"], "vist"))[1]
+    picture = Image.new("RGB", (16, 16))
+    calls = []
+    monkeypatch.setattr("evaluation.systems.generate_from_ids",
+                        lambda m, ids, pixels, gen: calls.append((ids, pixels, gen)) or _result(" words ", picture))
+    official = MiniGPT5System(model, GenerationConfig(seed=3), prompt=target_prompt("vist"))
+    assert official.draw_free(item) == ("words", [picture])
+    ids, pixels, gen = calls[-1]
+    given = VIST_IMAGE_PROMPT.format(text=item.text)
+    forced = official.encoder.encode_turn(item.context + [(given, item.images)], len(item.context))["example"].input_ids
+    assert forced[: len(ids)] == ids and forced[len(ids)] == official.encoder.voken_ids[0]
+    assert model.tokenizer.decode(ids).endswith("Generate an image with the scene description: " + item.text)
+    assert pixels.shape[0] == len(item.context)  # the earlier steps' pictures are read
+    assert gen.max_images == 1 and gen.seed == item_seed(3, item)
+    bare = MiniGPT5System(model, GenerationConfig(seed=3), prompt=target_prompt("vist", "none"))
+    bare.draw_free(item)
+    assert "scene description" not in model.tokenizer.decode(calls[-1][0])
+    assert target_prompt("cc3m") == "{text}"
+    for prompt in ("Generate an image", "{text} in {style}"):
+        with pytest.raises(ConfigError, match="only field is"):
+            MiniGPT5System(model, GenerationConfig(), prompt=prompt)
+
+
+def test_mmdialog_scores_the_response_text_up_to_its_first_image(model, data, monkeypatch):
+    picture = Image.new("RGB", (16, 16))
+    monkeypatch.setattr("evaluation.systems.generate_from_ids",
+                        lambda *args: _result("here it is", picture, "and more words"))
+    system = MiniGPT5System(model, GenerationConfig())
+    item = next(read_items(data["dialogues"], "mmdialog"))
+    assert system.respond(item) == ("here it is and more words", [picture])
+    assert system.respond(item, until_image=True) == ("here it is", [picture])
+    run = run_protocol(system, [dataclasses.replace(item, text="here it is")], "mmdialog", tiny_extractors(), 16,
+                       progress=False)
+    assert run.metrics["bleu1"] == pytest.approx(1.0) and run.examples[0][2] == "here it is"
+
+
+def test_protocol_options_are_checked_and_responses_always_free():
+    assert ProtocolOptions() == ProtocolOptions(draw="free", clip_f1="official", bleu="words")
+    forced = ProtocolOptions(draw="forced")
+    assert forced.for_protocol("vist") is forced and forced.for_protocol("mmdialog").draw == "free"
+    with pytest.raises(ValueError, match="draw must be one of free, forced"):
+        ProtocolOptions(draw="sometimes")
+    with pytest.raises(ValueError, match="bleu must be one of"):
+        ProtocolOptions(bleu="bytes")
+    with pytest.raises(ValueError, match="draw 'forced' is for the cc3m and vist"):
+        responder = types.SimpleNamespace(name="responder", respond=lambda item, until_image=False: ("", []))
+        run_protocol(responder, [], "mmdialog", tiny_extractors(), 16, options=forced, progress=False)
+
+
 def test_run_protocol_keeps_examples_and_counts_items(model, data):
     items = read_items(data["pairs"], "cc3m", max_items=4)
     run = run_protocol(StableDiffusionBaseline(model, num_inference_steps=2), items, "cc3m", tiny_extractors(),
                        model.cfg.diffusion.resolution, keep_examples=3, progress=False)
     assert run.metrics["items"] == 4 and len(run.examples) == 3
+    assert run.metrics["drawn"]["value"] == 1.0  # SD draws on every item, free or not
     assert all(len(images) == 1 and images[0].size == (16, 16) for _, images, _ in run.examples)
 
 
@@ -173,7 +333,8 @@ def test_evaluation_callback_logs_metrics_and_grid_during_fit(data, tmp_path):
     overlay = tmp_path / "eval.yaml"
     overlay.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": False, "callbacks": [
         {"class_path": "callbacks.evaluation.EvaluationCallback",
-         "init_args": {"every_n_epochs": 1, "max_items": 4, "extractors": "tiny", "num_inference_steps": 2}}]}}))
+         "init_args": {"every_n_epochs": 1, "max_items": 4, "extractors": "tiny", "num_inference_steps": 2,
+                       "draw": "forced"}}]}}))
     args = ["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/tiny.yaml"), "-c", str(overlay),
             "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'run'}",
             f"--data.train_shards={data['pairs']}", f"--data.val_shards={data['pairs']}", "--data.num_workers=0",
@@ -186,7 +347,16 @@ def test_evaluation_callback_logs_metrics_and_grid_during_fit(data, tmp_path):
         (point,) = events.Scalars(metric)
         assert point.step == 2 and math.isfinite(point.value)
     assert "eval/samples" in tags["images"]
-    assert events.Scalars("eval/items")[0].value == 4
+    assert events.Scalars("eval/items")[0].value == 4 and events.Scalars("eval/drawn")[0].value == 1.0
+
+
+def test_evaluation_callback_runs_the_eval_protocols_choices():
+    callback = EvaluationCallback()
+    assert callback.options == ProtocolOptions() and callback.vist_prompt == "official"
+    with pytest.raises(ValueError, match="draw must be one of"):
+        EvaluationCallback(draw="sometimes")
+    with pytest.raises(ConfigError, match="vist_prompt must be one of"):
+        EvaluationCallback(vist_prompt="story")
 
 
 @pytest.mark.slow

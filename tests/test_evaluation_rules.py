@@ -3,6 +3,8 @@ per-story FID average, the MMDialog image F1, and the items each protocol reads.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +16,8 @@ from data_modules.convert.vist import convert_vist
 from evaluation.extractors import tiny_extractors
 from evaluation.image_metrics import clean_fid, cleanfid_features, frechet_distance, load_cleanfid_inception
 from evaluation.items import detect_protocol, read_items
-from evaluation.protocols import clip_f1, mean_of_group_means, per_group_fid
-from evaluation.text_metrics import bleu, load_sentence_encoder, rouge_l, sbert_similarity
+from evaluation.protocols import DialogueScores, Match, clip_f1, mean_of_group_means, per_group_fid
+from evaluation.text_metrics import bleu, load_sentence_encoder, rouge_l, sbert_similarity, scoring_text
 from minigpt5.loading import WeightsNotFoundError
 
 # ---- text metrics ----
@@ -29,6 +31,24 @@ def test_bleu_and_rouge_l_match_hand_counts():
     # Longest common subsequence "the cat on the mat": 5 of 6 words either way.
     assert rouge_l(hyp, ref) == pytest.approx(5 / 6, abs=1e-4)
     assert bleu("", ref, 1) == 0.0 and rouge_l("dogs", ref) == 0.0
+
+
+def test_bleu_over_words_or_over_characters_as_the_official_code():
+    hyp, ref = "the cat", "the hat"
+    # Words: "the" of 2 unigrams, no bigram.
+    assert bleu(hyp, ref, 1) == pytest.approx(1 / 2) and bleu(hyp, ref, 2) == 0.0
+    # Characters (space included): 6 of 7 unigrams (one "c" unmatched); bigrams th, he, "e ", at of 6.
+    assert bleu(hyp, ref, 1, tokens="chars") == pytest.approx(6 / 7)
+    assert bleu(hyp, ref, 2, tokens="chars") == pytest.approx((6 / 7 * 4 / 6) ** 0.5)
+    # Brevity penalty over the same units: 3 characters against 7.
+    assert bleu("the", ref, 1, tokens="chars") == pytest.approx(math.exp(1 - 7 / 3))
+    with pytest.raises(ValueError, match="BLEU tokens must be one of"):
+        bleu(hyp, ref, 1, tokens="bytes")
+
+
+def test_scoring_text_as_the_official_mmdialog_scoring_reads_it():
+    assert scoring_text("  here it is ") == "here it is"
+    assert scoring_text(" ... ") == "" and scoring_text("!?") == ""
 
 
 def test_sentence_bert_similarity_pools_over_real_tokens_only():
@@ -94,18 +114,56 @@ def test_mean_of_group_means_weights_groups_equally():
     assert mean_of_group_means([], []) is None
 
 
-@pytest.mark.parametrize("turns, expected", [
-    ([(1, 1, 0.8), (0, 1, 0.0), (1, 0, 0.0)], 0.4),  # P = 0.8/2, R = 0.8/2
-    ([(1, 1, 0.5), (0, 1, 0.0)], 2 * 0.5 * 0.25 / 0.75),  # P = 0.5, R = 0.25
-    ([(2, 1, 0.9)], 0.9),  # several generated images in one turn count once
+def _matches(*turns: tuple) -> list[Match]:
+    """(generated, referenced[, similarity]) per response -> Match rows."""
+    return [Match(bool(t[0]), bool(t[1]), t[2] if len(t) > 2 else 0.0) for t in turns]
+
+
+@pytest.mark.parametrize("images, expected", [
+    ([(1, 1, 0.8), (0, 1), (1, 0)], 0.4),  # P = 0.8/2, R = 0.8/2
+    ([(1, 1, 0.5), (0, 1)], 2 * 0.5 * 0.25 / 0.75),  # P = 0.5, R = 0.25
     ([(1, 1, -0.3)], 0.0),  # a dissimilar image scores nothing
-    ([(0, 1, 0.0)], 0.0),  # an image was due and none came
-    ([(1, 0, 0.0)], 0.0),  # an image came where none was due
-    ([(0, 0, 0.0), (0, 0, 0.0)], None),  # no image either side: nothing to score
+    ([(0, 1)], 0.0),  # an image was due and none came
+    ([(1, 0)], 0.0),  # an image came where none was due
+    ([(0, 0), (0, 0)], None),  # no image either side: nothing to score
 ])
-def test_clip_f1_hand_cases(turns, expected):
-    got = clip_f1(turns)
+def test_image_clip_f1_hand_cases(images, expected):
+    texts = _matches((1, 1, 0.99), (1, 1, 0.99))  # the image-only F1 never reads the texts
+    got = clip_f1(texts, _matches(*images), "image")
     assert got == (None if expected is None else pytest.approx(expected, abs=1e-9))
+
+
+@pytest.mark.parametrize("texts, images, official, image_only", [
+    # Texts and images pooled: hits 0.6 + 0.4 + 0.8, 4 on each side -> P = R = 0.45.
+    ([(1, 1, 0.6), (1, 1, 0.4), (0, 0)], [(1, 1, 0.8), (0, 1), (1, 0)], 0.45, 0.4),
+    # A negative similarity counts as it is: (0.5 - 0.3) / 2 on each side.
+    ([(1, 1, 0.5)], [(1, 1, -0.3)], 0.1, 0.0),
+    # No image either side: the texts alone score; the image-only F1 leaves the dialogue out.
+    ([(1, 1, 0.7)], [(0, 0)], 0.7, None),
+    # Nothing written where a text was due: P = 0.9 / 1, R = 0.9 / 2.
+    ([(0, 1)], [(1, 1, 0.9)], 2 * 0.9 * 0.45 / 1.35, 0.9),
+    # Nothing on either side: the official code scores 0 (and averages it in).
+    ([(0, 0)], [(0, 0)], 0.0, None),
+])
+def test_clip_f1_official_pools_texts_and_images(texts, images, official, image_only):
+    t, i = _matches(*texts), _matches(*images)
+    assert clip_f1(t, i, "official") == pytest.approx(official, abs=1e-9)
+    assert clip_f1(t, i, "image") == (None if image_only is None else pytest.approx(image_only, abs=1e-9))
+    with pytest.raises(ValueError, match="clip_f1 must be one of"):
+        clip_f1(t, i, "pooled")
+
+
+def test_dialogue_clip_f1_averages_over_dialogues_by_definition():
+    """A dialogue without images counts (with its texts) officially, and is left out image-only."""
+    both = {}
+    for definition in ("official", "image"):
+        scores = DialogueScores(tiny_extractors(), 16, clip_f1=definition)
+        scores.text_matches.update(a=_matches((1, 1, 0.5)), b=_matches((1, 1, 0.3)))
+        scores.image_matches.update(a=_matches((1, 1, 0.9)), b=_matches((0, 0)))
+        both[definition] = scores.result()
+    assert both["official"]["clip_f1"] == pytest.approx(((0.5 + 0.9) / 2 + 0.3) / 2)
+    assert both["image"]["clip_f1"] == pytest.approx(0.9)
+    assert both["official"]["dialogues_without_images"] == both["image"]["dialogues_without_images"] == 1
 
 
 # ---- items of each protocol, from the datasets' real sample formats ----
