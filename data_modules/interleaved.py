@@ -2,10 +2,18 @@
 
 A shard sample is one story or dialogue (as written by ``minigpt5 data vist|mmdialog``):
 ``key.json`` holds its steps/turns, ``key.0.jpg``, ``key.1.jpg``, ... its images. Each
-sample expands into examples: the earlier turns are the context (text and, unless
-``context="text"``, images as input-side images) and one turn is the target (its text,
-and a voken block plus the target image per image). ``targets="last"`` makes one
-example per sample (the last turn); ``"all"`` one per turn after the first.
+sample expands into examples (:mod:`data_modules.turn_choices`, set by ``choices``):
+context messages (text and, unless ``context="text"``, images as input-side images)
+and a target (its text, and a voken block plus the target image per image).
+``targets="last"`` makes examples of the last turn only; ``"all"`` of every turn a task
+can target. By default a story step or dialogue turn after the first is the target and
+the turns before it are the context; ``configs/mls_vist.yaml`` and
+``configs/mls_mmdialog.yaml`` read the data as the official code does.
+
+Until the prompt templates arrive, an example is laid out as this project's plain
+sequence (:func:`minigpt5.sequences.encode_interleaved`): ``cfg.prompt``, the context
+parts' text and images in order, then the target; the system prompt and the roles are
+the templates' to write.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from PIL import Image
 from data_modules.base import ShardDataModule
 from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
 from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_image
+from data_modules.turn_choices import Context, SourceTurn, TaskExample, TurnChoices, sample_examples, story_example
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -29,27 +38,37 @@ from minigpt5.vision import IMAGE_TOKEN, geometry, normalise_for_tower, tower_co
 log = logging.getLogger(__name__)
 
 Targets = Literal["last", "all"]
-Context = Literal["both", "text", "images"]
 
 
-def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
+def read_record(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's ``.json`` story or dialogue; BadSample if missing or unreadable."""
     if "json" not in sample:
         raise BadSample(sample, "no .json sequence")
     try:
         record = json.loads(sample["json"])
     except ValueError as err:
         raise BadSample(sample, f"unreadable .json: {err}") from err
+    if not isinstance(record, dict):
+        raise BadSample(sample, f".json is a {type(record).__name__}, not an object")
+    return record
+
+
+def _check_members(sample: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        if name not in sample:
+            raise BadSample(sample, f"image member '{name}' is missing")
+
+
+def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
+    record = read_record(sample)
     if "steps" in record:  # VIST: one image per step
         turns = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
     elif "turns" in record:  # MMDialog: zero or more images per turn
         turns = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
     else:
         raise BadSample(sample, "json has neither 'steps' (VIST) nor 'turns' (MMDialog)")
-    for _, names in turns:
-        for name in names:
-            if name not in sample:
-                raise BadSample(sample, f"image member '{name}' is missing")
+    _check_members(sample, [name for _, names in turns for name in names])
     return turns
 
 
@@ -68,14 +87,20 @@ class InterleavedEncoder:
 
     def __init__(
         self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
-        latents: LatentMode = "auto",
+        latents: LatentMode = "auto", choices: Optional[TurnChoices] = None,
     ) -> None:
-        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off")."""
+        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off");
+        ``choices``: how samples become examples (None: this project's reading, ``TurnChoices()``)."""
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
+        self.choices = choices or TurnChoices()
         self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.with_images = cfg.vision.kind != "none" and context != "text"
+        understand = "understand" in self.choices.story_tasks  # its step's image is an input whatever the context
+        if understand and cfg.vision.kind == "none":
+            raise ValueError("data.choices.story_tasks has 'understand', which reads the step's image, but the model "
+                             "has no vision tower (model.config.vision.kind is none)")
+        self.with_images = cfg.vision.kind != "none" and (context != "text" or understand)
         self.tower_size, self.image_tokens = 0, 0
         if self.with_images:
             self.tower_size, self.image_tokens, _ = geometry(cfg.vision.kind, tower_config(cfg.vision))
@@ -87,22 +112,26 @@ class InterleavedEncoder:
         pixels = torch.stack([to_target_tensor(im, self.tower_size) for im in images])
         return normalise_for_tower(pixels, self.tower_size)
 
+    def count_tokens(self, text: str) -> int:
+        """Text tokens of ``text`` (no special tokens), as the official 50-token turn limit counts them."""
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        members = turn_members(sample)
-        turns = decode_turns(sample, members)
-        if len(turns) < 2:
-            raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
-        indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
+        tasks = sample_examples(sample, read_record(sample), self.choices, self.targets, self.context,
+                                self.count_tokens, self.counter)
+        names = sorted({name for task in tasks for name in task.image_names()})
+        _check_members(sample, names)
+        decoded = {name: decode_image(sample, name) for name in names}
         examples = []
-        for t in indices:
+        for task in tasks:
             try:
-                item = self.encode_turn(turns, t)
+                item = self.encode(task.map_images(decoded.__getitem__))
             except SequenceTooLong as err:
-                self.counter.note_skipped(sample, f"target turn {t}: {err}")
+                self.counter.note_skipped(sample, f"{task.task} example of turn {task.turn}: {err}")
                 continue
             if item["example"].truncated:
                 self.counter.note_truncated(sample)
-            examples.append(self._with_cached_targets(sample, members[t][1], item))
+            examples.append(self._with_cached_targets(sample, task.images, item))
         return examples
 
     def _with_cached_targets(self, sample: dict[str, Any], names: list[str], item: dict[str, Any]) -> dict[str, Any]:
@@ -118,28 +147,33 @@ class InterleavedEncoder:
         return item | {"target_moments": moments, "target_cached": [True] * len(names)}
 
     def encode_turn(self, turns: list[tuple[str, list[Image.Image]]], t: int) -> dict[str, Any]:
-        """The example whose target is ``turns[t]`` and whose context is the turns before it.
+        """This project's continuation example: target ``turns[t]``, context the turns before it.
 
         Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
         """
-        context = [
-            Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
-            for text, images in turns[:t]
-        ]
-        target_text, target_images = turns[t]
+        source = [SourceTurn(text, list(images), i) for i, (text, images) in enumerate(turns)]
+        return self.encode(story_example("continue", source, t, "", TurnChoices(), self.context))
+
+    def encode(self, task: TaskExample[Image.Image]) -> dict[str, Any]:
+        """The model inputs of one example, laid out as this project's plain sequence.
+
+        Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
+        """
+        parts = [part for message in task.context for part in message.parts]
+        context = [Turn(part.text, len(part.images) if self.with_images else 0) for part in parts]
         example = encode_interleaved(
-            self.tokenizer, context, Turn(target_text, len(target_images)), self.voken_ids,
+            self.tokenizer, context, Turn(task.text, len(task.images)), self.voken_ids,
             image_token_id=self.image_token_id, image_tokens=self.image_tokens,
             max_length=self.cfg.llm.max_length, prompt=self.cfg.prompt,
         )
         resolution = self.cfg.diffusion.resolution
-        kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
+        kept = [im for part in parts[example.first_context_turn:] for im in part.images] if self.with_images else []
         return {
             "example": example,
             "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
-            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
-            if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
-            "target_cached": [False] * len(target_images),
+            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in task.images])
+            if task.images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
+            "target_cached": [False] * len(task.images),
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,8 +190,11 @@ class InterleavedDataModule(ShardDataModule):
 
     ``targets``: "last" (the paper's last-step setting) or "all" (every turn after the
     first). ``context``: "both" (text and images), "text" (no context images) or "images"
-    (no context text). Examples whose target cannot fit ``llm.max_length`` are skipped
-    and counted; longer contexts lose their oldest turns first (counted as truncated).
+    (no context text); the images a task itself reads (``understand``'s step image) stay.
+    ``choices``: the turn-level data choices (:class:`data_modules.turn_choices.TurnChoices`;
+    None: this project's reading). Examples whose target cannot fit ``llm.max_length``
+    are skipped and counted; longer contexts lose their oldest parts first (counted as
+    truncated); turns the choices leave out are counted and logged.
     """
 
     def __init__(
@@ -178,6 +215,7 @@ class InterleavedDataModule(ShardDataModule):
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
+        choices: Optional[TurnChoices] = None,
     ) -> None:
         super().__init__(
             train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch, val_samples, seed,
@@ -186,7 +224,8 @@ class InterleavedDataModule(ShardDataModule):
         )
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
-        self.targets, self.context = targets, context
+        self.targets, self.context, self.choices = targets, context, choices or TurnChoices()
 
     def make_encoder(self) -> InterleavedEncoder:
-        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents)
+        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
+                                  self.choices)
