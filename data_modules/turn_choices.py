@@ -60,11 +60,12 @@ USER, ASSISTANT = "user", "assistant"
 class TurnChoices:
     """How stage-2 samples become examples; the defaults are this project's reading, ``OFFICIAL`` the authors'."""
 
-    story_tasks: list[StoryTask] = field(default_factory=lambda: ["continue"])  # the tasks made from each story step
+    story_tasks: list[StoryTask] = field(default_factory=lambda: ["continue"])  # tasks made from each story step
     prompts: Literal["none", "official"] = "none"  # the official system prompt and task instructions, or none
-    roles: bool = False  # user / assistant roles: dialogue turns alternate from the user; a story's target is the assistant's
-    turn_content: Literal["all", "first"] = "all"  # a dialogue turn: all its texts (joined) and images, or the first of each
-    bad_turns: Literal["skip", "stop"] = "skip"  # an unusable dialogue turn: leave it out alone, or end the dialogue there
+    # user / assistant roles: dialogue turns alternate from the user; a story's target is the assistant's
+    roles: bool = False
+    turn_content: Literal["all", "first"] = "all"  # a dialogue turn: all its texts (joined) and images, or the first
+    bad_turns: Literal["skip", "stop"] = "skip"  # an unusable dialogue turn: left out alone, or the dialogue ends there
     max_turn_tokens: Optional[int] = None  # a dialogue turn with more text tokens is unusable (None: no limit)
     history: Literal["all", "exchange"] = "all"  # a dialogue target's context: every earlier turn, or the last exchange
 
@@ -75,7 +76,8 @@ class TurnChoices:
 
         tasks = list(self.story_tasks)
         if not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(STORY_TASKS):
-            raise ValueError(f"data.choices.story_tasks must be distinct tasks of {', '.join(STORY_TASKS)}; got {tasks}")
+            raise ValueError(f"data.choices.story_tasks must be distinct tasks of {', '.join(STORY_TASKS)}; "
+                             f"got {tasks}")
         check("prompts", self.prompts, ("none", "official"))
         if not isinstance(self.roles, bool):
             raise ValueError(f"data.choices.roles must be true or false; got {self.roles!r}")
