@@ -10,10 +10,10 @@ can target. By default a story step or dialogue turn after the first is the targ
 the turns before it are the context; ``configs/mls_vist.yaml`` and
 ``configs/mls_mmdialog.yaml`` read the data as the official code does.
 
-Until the prompt templates arrive, an example is laid out as this project's plain
-sequence (:func:`minigpt5.sequences.encode_interleaved`): ``cfg.prompt``, the context
-parts' text and images in order, then the target; the system prompt and the roles are
-the templates' to write.
+:meth:`InterleavedEncoder.encode` lays an example out as this project's plain sequence
+(:func:`minigpt5.sequences.encode_interleaved`): ``cfg.prompt``, the context parts' text
+and images in order, then the target. That layout writes neither the system prompt nor
+the roles; a prompt template that writes them goes in its place.
 """
 
 from __future__ import annotations

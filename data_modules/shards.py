@@ -124,7 +124,7 @@ class SampleCounter:
         )
 
     def note_stopped(self, sample: dict[str, Any], turn: int, reason: str, left_out: int) -> None:
-        """A sample was cut short at its unusable turn ``turn`` (``reason``): ``left_out`` turns, it and those after."""
+        """A sample was cut short at its unusable turn ``turn`` (``reason``); ``left_out``: its turns unused from there."""
         self.dialogues_stopped += 1
         self.turns_left_out += left_out
         log.warning(

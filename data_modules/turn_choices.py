@@ -169,8 +169,9 @@ def _read_turn(turn: dict[str, Any], choices: TurnChoices, count_tokens: Callabl
         text, images = turn.get("text", ""), list(turn.get("images", []))
         if choices.bad_turns == "stop" and None in turn.get("media", []):
             return "an image was missing or corrupt at conversion"
-    if choices.max_turn_tokens is not None and count_tokens(text) > choices.max_turn_tokens:
-        return f"{count_tokens(text)} text tokens, over data.choices.max_turn_tokens={choices.max_turn_tokens}"
+    tokens = count_tokens(text) if choices.max_turn_tokens is not None else 0
+    if choices.max_turn_tokens is not None and tokens > choices.max_turn_tokens:
+        return f"{tokens} text tokens, over data.choices.max_turn_tokens={choices.max_turn_tokens}"
     return text, images
 
 

@@ -110,6 +110,20 @@ def test_vist_this_projects_reading_is_the_bare_continuation(vist_shards, vist):
         assert (e.text, e.images) == (vist[e.turn]["caption"], [f"{e.turn}.jpg"])
 
 
+def test_vist_tasks_without_the_official_prompts(vist_shards, vist):
+    got = examples(vist_shards, TurnChoices(story_tasks=["generate", "understand"]))
+    assert [(e.task, e.turn) for e in got] == [("generate", 0)] + [
+        (task, t) for t in range(1, 5) for task in ("generate", "understand")]
+    for e in got:
+        *story, last = parts(e)
+        assert [p.text for p in story] == [step["caption"] for step in vist[: e.turn]]
+        if e.task == "generate":  # the caption is plain context, the image the target
+            assert (last.text, last.images, e.text, e.images) == (vist[e.turn]["caption"], [], "", [f"{e.turn}.jpg"])
+        else:  # the image alone in, its caption out
+            assert (last.text, last.images, e.text, e.images) == ("", [f"{e.turn}.jpg"], vist[e.turn]["caption"], [])
+        assert e.system == "" and e.role is None
+
+
 def test_vist_official_batch_tokens_labels_and_images(vist_shards, vist):
     dm = InterleavedDataModule(vist_shards, vist_shards, model_config=CFG, num_workers=0, batch_size=64,
                                choices=OFFICIAL)
@@ -219,6 +233,18 @@ def test_mmdialog_missing_image_stops_the_dialogue_or_drops_the_image(samples_di
 
     ours = examples(spec, TurnChoices())  # this project's reading: the turn stays, without its image
     assert len(ours) == 8 and (ours[1].text, ours[1].images) == (record["conversation"][2]["turn"][0]["__TEXT__"], [])
+
+
+def test_mmdialog_turn_dropped_at_conversion_stops_the_official_reading(samples_dir, tmp_path, caplog):
+    folder, record = mmdialog_copy(samples_dir, tmp_path)
+    record["conversation"][5]["turn"] = [{"__TEXT__": "  "}]  # the converter drops it as empty
+    spec = convert(folder, record, tmp_path)
+    counter = SampleCounter()
+    with caplog.at_level(logging.WARNING):
+        got = examples(spec, NO_LIMIT, counter)
+    assert [e.turn for e in got] == [1, 2, 3, 4] and (counter.dialogues_stopped, counter.turns_left_out) == (1, 3)
+    assert "stopped at turn 5: dropped at conversion" in caplog.text
+    assert len(examples(spec, TurnChoices())) == 7  # this project's reading: the other 8 turns, 7 targets
 
 
 def test_mmdialog_first_text_and_image_or_all_of_them(samples_dir, tmp_path):
