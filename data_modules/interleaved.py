@@ -2,11 +2,14 @@
 
 A shard sample is one story or dialogue (as written by ``minigpt5 data vist|mmdialog``):
 ``key.json`` holds its steps/turns, ``key.0.jpg``, ``key.1.jpg``, ... its images. Each
-sample expands into examples: the earlier turns are the context (text and, unless
-``context="text"``, images as input-side images) and one turn is the target (its text,
-and a voken block plus the target image per image). ``targets="last"`` makes one
-example per sample (the last turn); ``"all"`` one per turn after the first. The
-template (:mod:`minigpt5.templates`) words each as a story (VIST) or a dialogue (MMDialog).
+sample expands into examples (:mod:`data_modules.turn_choices`, set by ``choices``):
+context messages (text and, unless ``context="text"``, images as input-side images),
+maybe a story task's request, and a target (its text, and a voken block plus the target
+image per image). ``targets="last"`` makes examples of the last turn only; ``"all"`` of
+every turn a task can target. By default a story step or dialogue turn after the first
+is the target and the turns before it are the context; ``configs/mls_vist.yaml`` and
+``configs/mls_mmdialog.yaml`` read the data as the official code does. The template
+(:mod:`minigpt5.templates`) words each example as a story (VIST) or a dialogue (MMDialog).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from PIL import Image
 from data_modules.base import ShardDataModule
 from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
 from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_image
+from data_modules.turn_choices import (
+    Context, Message, Part, SourceTurn, TaskExample, TurnChoices, history_part, sample_examples, story_example,
+)
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -31,43 +37,43 @@ from minigpt5.vision import IMAGE_TOKEN, geometry, normalise_for_tower, tower_co
 log = logging.getLogger(__name__)
 
 Targets = Literal["last", "all"]
-Context = Literal["both", "text", "images"]
 
 
-def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
+def read_record(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's ``.json`` story or dialogue; BadSample if missing or unreadable."""
     if "json" not in sample:
         raise BadSample(sample, "no .json sequence")
     try:
         record = json.loads(sample["json"])
     except ValueError as err:
         raise BadSample(sample, f"unreadable .json: {err}") from err
+    if not isinstance(record, dict):
+        raise BadSample(sample, f".json is a {type(record).__name__}, not an object")
+    return record
+
+
+def _check_members(sample: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        if name not in sample:
+            raise BadSample(sample, f"image member '{name}' is missing")
+
+
+def turn_members(sample: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """A story or dialogue sample -> [(text, image member names)] in order; BadSample if unusable."""
+    record = read_record(sample)
     if "steps" in record:  # VIST: one image per step
         turns = [(step.get("text", ""), [step["image"]]) for step in record["steps"]]
     elif "turns" in record:  # MMDialog: zero or more images per turn
         turns = [(turn.get("text", ""), list(turn.get("images", []))) for turn in record["turns"]]
     else:
         raise BadSample(sample, "json has neither 'steps' (VIST) nor 'turns' (MMDialog)")
-    for _, names in turns:
-        for name in names:
-            if name not in sample:
-                raise BadSample(sample, f"image member '{name}' is missing")
+    _check_members(sample, [name for _, names in turns for name in names])
     return turns
-
-
-def sequence_layout(sample: dict[str, Any]) -> Layout:
-    """``story`` for a VIST sample (``steps``), ``dialogue`` for an MMDialog one (``turns``)."""
-    return "story" if "steps" in json.loads(sample["json"]) else "dialogue"
-
-
-def decode_turns(sample: dict[str, Any], members: list[tuple[str, list[str]]]) -> list[tuple[str, list[Image.Image]]]:
-    """The turns of :func:`turn_members` with their images decoded; BadSample if one is unreadable."""
-    return [(text, [decode_image(sample, name) for name in names]) for text, names in members]
 
 
 def read_turns(sample: dict[str, Any]) -> list[tuple[str, list[Image.Image]]]:
     """A story or dialogue sample -> [(text, images)] in order; BadSample if unusable."""
-    return decode_turns(sample, turn_members(sample))
+    return [(text, [decode_image(sample, name) for name in names]) for text, names in turn_members(sample)]
 
 
 class InterleavedEncoder:
@@ -75,14 +81,20 @@ class InterleavedEncoder:
 
     def __init__(
         self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
-        latents: LatentMode = "auto",
+        latents: LatentMode = "auto", choices: Optional[TurnChoices] = None,
     ) -> None:
-        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off")."""
+        """``latents``: cached target latents used where present ("auto"), required, or ignored ("off");
+        ``choices``: how samples become examples (None: this project's reading, ``TurnChoices()``)."""
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
+        self.choices = choices or TurnChoices()
         self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.with_images = cfg.vision.kind != "none" and context != "text"
+        understand = "understand" in self.choices.story_tasks  # its step's image is an input whatever the context
+        if understand and cfg.vision.kind == "none":
+            raise ValueError("data.choices.story_tasks has 'understand', which reads the step's image, but the model "
+                             "has no vision tower (model.config.vision.kind is none)")
+        self.with_images = cfg.vision.kind != "none" and (context != "text" or understand)
         self.tower_size, self.image_tokens = 0, 0
         if self.with_images:
             self.tower_size, self.image_tokens, _ = geometry(cfg.vision.kind, tower_config(cfg.vision))
@@ -95,23 +107,26 @@ class InterleavedEncoder:
         pixels = torch.stack([to_target_tensor(im, self.tower_size) for im in images])
         return normalise_for_tower(pixels, self.tower_size)
 
+    def count_tokens(self, text: str) -> int:
+        """Text tokens of ``text`` (no special tokens), as the official 50-token turn limit counts them."""
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
-        members = turn_members(sample)
-        turns = decode_turns(sample, members)
-        if len(turns) < 2:
-            raise BadSample(sample, f"{len(turns)} turn(s): need a context and a target")
-        indices = range(1, len(turns)) if self.targets == "all" else [len(turns) - 1]
-        layout = sequence_layout(sample)
+        tasks = sample_examples(sample, read_record(sample), self.choices, self.targets, self.context,
+                                self.count_tokens, self.counter)
+        names = sorted({name for task in tasks for name in task.image_names()})
+        _check_members(sample, names)
+        decoded = {name: decode_image(sample, name) for name in names}
         examples = []
-        for t in indices:
+        for task in tasks:
             try:
-                item = self.encode_turn(turns, t, layout)
+                item = self.encode(task.map_images(decoded.__getitem__))
             except SequenceTooLong as err:
-                self.counter.note_skipped(sample, f"target turn {t}: {err}")
+                self.counter.note_skipped(sample, f"{task.task} example of turn {task.turn}: {err}")
                 continue
             if item["example"].truncated:
                 self.counter.note_truncated(sample)
-            examples.append(self._with_cached_targets(sample, members[t][1], item))
+            examples.append(self._with_cached_targets(sample, task.images, item))
         return examples
 
     def _with_cached_targets(self, sample: dict[str, Any], names: list[str], item: dict[str, Any]) -> dict[str, Any]:
@@ -129,27 +144,45 @@ class InterleavedEncoder:
     def encode_turn(
         self, turns: list[tuple[str, list[Image.Image]]], t: int, layout: Layout = "story"
     ) -> dict[str, Any]:
-        """The example whose target is ``turns[t]`` and whose context is the turns before it,
-        worded by the template as a story or a dialogue (speakers alternating, the user first).
+        """This project's continuation example: target ``turns[t]``, context the turns before it,
+        worded as a story or a dialogue (speakers alternating, the user first).
 
         Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
         """
-        context = [
-            Turn(text if self.context != "images" else "", len(images) if self.with_images else 0)
-            for text, images in turns[:t]
-        ]
-        target_text, target_images = turns[t]
-        roles = dialogue_roles(t + 1) if layout == "dialogue" else []
-        conversation = Conversation(layout, Turn(target_text, len(target_images)), context, roles)
+        source = [SourceTurn(text, list(images), i) for i, (text, images) in enumerate(turns)]
+        if layout == "story":
+            return self.encode(story_example("continue", source, t, "", TurnChoices(), self.context))
+        history = [Message(None, [history_part(turn, self.context)]) for turn in source[:t]]
+        return self.encode(TaskExample("respond", t, "", history, None, turns[t][0], list(turns[t][1])))
+
+    def encode(self, task: TaskExample[Image.Image]) -> dict[str, Any]:
+        """The model inputs of one example, worded by the template: a dialogue's response
+        (speakers from the example's roles, or alternating from the user) or a story task.
+
+        Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
+        """
+        layout: Layout = "dialogue" if task.task == "respond" else "story"
+        messages = [(message.role, part) for message in task.context for part in message.parts]
+        context = [Turn(part.text, len(part.images) if self.with_images else 0) for _, part in messages]
+        roles: list = []
+        if layout == "dialogue":
+            roles = [role for role, _ in messages] + [task.role]
+            roles = roles if None not in roles else dialogue_roles(len(roles))
+        request = task.request or Part("")
+        conversation = Conversation(
+            layout, Turn(task.text, len(task.images)), context, roles, instruction=request.text,
+            instruction_images=len(request.images) if self.with_images else 0,
+        )
         example = self.template.encode(conversation, self.cfg.llm.max_length)
         resolution = self.cfg.diffusion.resolution
-        kept = [im for _, images in turns[example.first_context_turn:t] for im in images] if self.with_images else []
+        kept = [im for _, part in messages[example.first_context_turn:] for im in part.images] + request.images
+        kept = kept if self.with_images else []
         return {
             "example": example,
             "input_pixels": self._input_pixels(kept),  # (m, 3, S, S)
-            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in target_images])
-            if target_images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
-            "target_cached": [False] * len(target_images),
+            "target_pixels": torch.stack([to_target_tensor(im, resolution) for im in task.images])
+            if task.images else torch.zeros(0, 3, resolution, resolution),  # (n, 3, H, W)
+            "target_cached": [False] * len(task.images),
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,8 +199,11 @@ class InterleavedDataModule(ShardDataModule):
 
     ``targets``: "last" (the paper's last-step setting) or "all" (every turn after the
     first). ``context``: "both" (text and images), "text" (no context images) or "images"
-    (no context text). Examples whose target cannot fit ``llm.max_length`` are skipped
-    and counted; longer contexts lose their oldest turns first (counted as truncated).
+    (no context text); the images a task itself reads (``understand``'s step image) stay.
+    ``choices``: the turn-level data choices (:class:`data_modules.turn_choices.TurnChoices`;
+    None: this project's reading). Examples whose target cannot fit ``llm.max_length``
+    are skipped and counted; longer contexts lose their oldest parts first (counted as
+    truncated); turns the choices leave out are counted and logged.
     """
 
     def __init__(
@@ -188,6 +224,7 @@ class InterleavedDataModule(ShardDataModule):
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
+        choices: Optional[TurnChoices] = None,
     ) -> None:
         super().__init__(
             train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch, val_samples, seed,
@@ -196,7 +233,8 @@ class InterleavedDataModule(ShardDataModule):
         )
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
-        self.targets, self.context = targets, context
+        self.targets, self.context, self.choices = targets, context, choices or TurnChoices()
 
     def make_encoder(self) -> InterleavedEncoder:
-        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents)
+        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
+                                  self.choices)

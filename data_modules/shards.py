@@ -86,7 +86,9 @@ def _worker_name() -> str:
 
 
 class SampleCounter:
-    """Counts and logs bad samples (as a wds handler), truncated sequences and skipped examples.
+    """Counts and logs bad samples (as a wds handler), truncated sequences, skipped examples,
+    and the turns a stage-2 reading leaves out (``turns_left_out``, of which ``dialogues_stopped``
+    dialogues were cut short at a bad turn).
 
     Counts are per process: each DataLoader worker holds its own copy, so with
     ``num_workers > 0`` the running counts appear in the workers' log lines only.
@@ -96,6 +98,8 @@ class SampleCounter:
         self.bad = 0
         self.truncated = 0
         self.skipped = 0
+        self.turns_left_out = 0
+        self.dialogues_stopped = 0
 
     def __call__(self, exn: Exception) -> bool:
         """wds handler: skip a :class:`BadSample` after logging it; re-raise anything else."""
@@ -111,6 +115,24 @@ class SampleCounter:
         log.warning(
             "skipped an example (%d so far in %s): %s sample '%s': %s",
             self.skipped, _worker_name(), sample.get("__url__"), sample.get("__key__"), reason,
+        )
+
+    def note_turn_skipped(self, sample: dict[str, Any], turn: int, reason: str) -> None:
+        """Turn ``turn`` of a sample was unusable (``reason``) and is left out; the others stay."""
+        self.turns_left_out += 1
+        log.warning(
+            "skipped turn %d: %s (%d turns left out so far in %s): %s sample '%s'",
+            turn, reason, self.turns_left_out, _worker_name(), sample.get("__url__"), sample.get("__key__"),
+        )
+
+    def note_stopped(self, sample: dict[str, Any], turn: int, reason: str, left_out: int) -> None:
+        """A sample was cut short at its unusable turn ``turn`` (``reason``); ``left_out``: its turns unused from there."""
+        self.dialogues_stopped += 1
+        self.turns_left_out += left_out
+        log.warning(
+            "stopped at turn %d: %s; %d turns left out (%d so far, %d samples stopped, in %s): %s sample '%s'",
+            turn, reason, left_out, self.turns_left_out, self.dialogues_stopped, _worker_name(),
+            sample.get("__url__"), sample.get("__key__"),
         )
 
     def note_truncated(self, sample: dict[str, Any], limit: str = "llm.max_length") -> None:

@@ -36,7 +36,7 @@ from PIL import Image
 
 from data_modules.interleaved import Context, InterleavedEncoder
 from data_modules.shards import SampleCounter
-from data_modules.task_prompts import VIST_IMAGE_PROMPT
+from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.items import EvalItem
 from minigpt5.config import ConfigError
 from minigpt5.generate import GenerationConfig, GenerationResult, generate_from_ids, generation_settings
@@ -77,7 +77,7 @@ def text_before_image(result: GenerationResult) -> str:
 class MiniGPT5System:
     """MiniGPT-5 under a generation config (guidance, steps, sampling, seed), a context mode
     and the prompt its target text is given in (``prompt``, with ``{text}``; e.g.
-    :data:`data_modules.task_prompts.VIST_IMAGE_PROMPT`)."""
+    :data:`minigpt5.task_prompts.VIST_IMAGE_PROMPT`)."""
 
     name = "MiniGPT-5"
 

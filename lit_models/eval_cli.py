@@ -30,7 +30,7 @@ from typing import Any, Optional
 import torch
 
 from data_modules.shards import SampleCounter
-from data_modules.task_prompts import VIST_IMAGE_PROMPT
+from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
 from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, decoding_preset, read_items
 from evaluation.protocols import (

@@ -44,28 +44,13 @@ from transformers import PreTrainedTokenizerBase
 from minigpt5.config import ConfigError, MiniGPT5Config, TemplateConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.sequences import InterleavedExample, SequenceTooLong, Turn
+from minigpt5.task_prompts import CAPTION_INSTRUCTIONS, CAPTION_SYSTEM, MMDIALOG_SYSTEM, VIST_SYSTEM
 
 Layout = Literal["caption", "story", "dialogue"]
 Role = Literal["user", "assistant"]
 
-# The official system prompts: CC3M instruction rows (dataloader.py 34), VIST (236-237), MMDialog (318-319).
-SYSTEM_PROMPTS: dict[Layout, str] = {
-    "caption": "You will be able to generate image according to command.",
-    "story": "Give the following images in <Img>ImageContent</Img> format. You will be able to see the images once "
-             "I provide it to you. Please understanding images and generate story.",
-    "dialogue": "Give the following images in <Img>ImageContent</Img> format. You will be able to see the images "
-                "once I provide it to you. Please generate conversations with appropriate images.",
-}
-# The official CC3M instruction rows' requests (dataloader.py 35-43).
-CAPTION_INSTRUCTIONS = (
-    "generate image with caption:",
-    "can you give me the image with caption:",
-    "help me to generate this image:",
-    "generate image with according to caption:",
-    "according to caption, generate image:",
-    "an image with caption:",
-    "can you visualize this caption:",
-)
+# The official system prompts: CC3M instruction rows, VIST and MMDialog (minigpt5.task_prompts).
+SYSTEM_PROMPTS: dict[Layout, str] = {"caption": CAPTION_SYSTEM, "story": VIST_SYSTEM, "dialogue": MMDIALOG_SYSTEM}
 _SPEAKERS = {"user": "Human", "assistant": "Assistant"}
 
 
@@ -97,6 +82,7 @@ class Conversation:
     roles: list[Role] = field(default_factory=list)  # dialogue: each context turn's speaker, then the target's
     caption: Optional[str] = None  # caption layout: what the target image shows
     instruction: str = ""  # the user's request, after the context (and before the caption)
+    instruction_images: int = 0  # input images shown right after the request (VIST's understanding task)
 
     def __post_init__(self) -> None:
         if self.layout == "dialogue" and len(self.roles) != len(self.context) + 1:
@@ -110,7 +96,7 @@ class Conversation:
     def keep_from(self, first: int) -> "Conversation":
         """The conversation without its ``first`` oldest context turns."""
         return Conversation(self.layout, self.target, self.context[first:], self.roles[first:], self.caption,
-                            self.instruction)
+                            self.instruction, self.instruction_images)
 
 
 def caption_conversations(caption: str, key: str, cfg: TemplateConfig) -> list[Conversation]:
@@ -267,7 +253,7 @@ class PlainTemplate(Template):
         pieces = self.bos() + [Piece("source", self.cfg.prompt)]
         for turn in conv.context:
             pieces += [Piece("source", turn.text), self.images(turn.images)]
-        pieces.append(Piece("source", conv.instruction))
+        pieces += [Piece("source", conv.instruction), self.images(conv.instruction_images)]
         if conv.caption is not None:
             pieces.append(Piece("caption", conv.caption))
         return pieces + self.target(conv.target) + [Piece("target", self.end_marker.ids)]
@@ -295,6 +281,7 @@ class MiniGPT4Template(Template):
                 text = self._with_images(pieces, text, turn.images, " ")
             if conv.instruction:
                 text += f" {conv.instruction}"
+            text = self._with_images(pieces, text, conv.instruction_images, " ")
             return pieces + [Piece("source", f"{text} ###{_SPEAKERS[conv.roles[-1]]}:")] + target
         text = f"{system}###Human:"
         for turn in conv.context:
@@ -303,6 +290,8 @@ class MiniGPT4Template(Template):
             text += "\n"
         if conv.instruction:
             text += f" {conv.instruction}"
+        # the understanding task: "... by this image: <Img><ImageHere></Img> ###Assistant:" (dataloader.py 248-249)
+        text = self._with_images(pieces, text, conv.instruction_images, " ")
         if conv.caption is not None:
             pieces += [Piece("source", text), Piece("caption", conv.caption)]
             text = ""
@@ -354,11 +343,12 @@ class ChatTemplate(Template):
             for turn, role in zip(conv.context, conv.roles):
                 messages.append({"role": role})
                 contents.append(self.turn(turn))
-            if conv.instruction:
-                contents[-1].append(Piece("source", conv.instruction))
+            if conv.instruction or conv.instruction_images:
+                contents[-1] += self.turn(Turn(conv.instruction, conv.instruction_images))
             target_role = conv.roles[-1]
         else:
-            user = [piece for turn in conv.context for piece in self.turn(turn)] + [Piece("source", conv.instruction)]
+            user = [piece for turn in conv.context for piece in self.turn(turn)]
+            user += self.turn(Turn(conv.instruction, conv.instruction_images))
             if conv.caption is not None:
                 user.append(Piece("caption", conv.caption))
             messages.append({"role": "user"})

@@ -129,17 +129,20 @@ def test_problems_are_counted_logged_with_line_numbers_and_handled(tmp_path, cap
     assert (first["__key__"], last["__key__"]) == ("a_1", "8")
     assert json.loads(first["json"]) == {
         "conversation_id": "a.1",
-        "turns": [
-            {"text": "look and this", "images": ["0.jpg", "1.jpg"]},
-            {"text": "", "images": ["2.jpg"]},
-            {"text": "nice", "images": []},
+        "turns": [  # texts / media / index keep what the official reading of a turn needs
+            {"text": "look and this", "images": ["0.jpg", "1.jpg"], "texts": ["look", "and this"],
+             "media": ["0.jpg", None, "1.jpg"], "index": 0},
+            # turn 1 (only a missing image) dropped: the next turn's index says so
+            {"text": "", "images": ["2.jpg"], "texts": [], "media": [None, "2.jpg"], "index": 2},
+            {"text": "nice", "images": [], "texts": ["nice"], "media": [], "index": 3},
         ],
     }
     for name, colour in [("0.jpg", "r"), ("1.jpg", "g"), ("2.jpg", "b")]:
         assert first[name] == (images / f"{colour}.jpg").read_bytes()
     assert json.loads(last["json"]) == {
         "conversation_id": 8,
-        "turns": [{"text": "hi", "images": []}, {"text": "", "images": ["0.jpg"]}],
+        "turns": [{"text": "hi", "images": [], "texts": ["hi"], "media": [], "index": 0},
+                  {"text": "", "images": ["0.jpg"], "texts": [], "media": ["0.jpg"], "index": 1}],
     }
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from callbacks.evaluation import EvaluationCallback
 from data_modules.synthetic import write_synthetic
-from data_modules.task_prompts import VIST_IMAGE_PROMPT
+from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import tiny_extractors
 from evaluation.image_metrics import clip_image_embeddings, fid
 from evaluation.items import EvalItem, detect_protocol, read_items

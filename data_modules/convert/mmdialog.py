@@ -8,10 +8,16 @@ Input, one JSON object a line, as in MMDialog's ``*_conversations.txt``::
 ``<images dir>/<media id>.jpg``.
 
 Each sample: ``__key__`` = :func:`safe_key` of the conversation id, ``json`` =
-``{"conversation_id", "turns": [{"text", "images": ["0.jpg", ...]}, ...]}`` where a
-turn's text is its ``__TEXT__`` items (stripped, empty ones left out) joined with a
-space and its images keep the order of its media; the images are members ``0.jpg``,
-``1.jpg``, ... numbered across the dialogue (non-JPEG images re-encoded as JPEG).
+``{"conversation_id", "turns": [{"text", "images": ["0.jpg", ...], "texts", "media", "index"}, ...]}``
+where a turn's ``text`` is its ``__TEXT__`` items (stripped, empty ones left out) joined
+with a space and its ``images`` are its usable images in the order of its media; the
+images are members ``0.jpg``, ``1.jpg``, ... numbered across the dialogue (non-JPEG
+images re-encoded as JPEG). So that training can also read a turn as the official code
+does (its first text and first image, stopping at the first bad turn; see
+:mod:`data_modules.turn_choices`), each turn also keeps ``texts`` (every ``__TEXT__``
+item, stripped, empty ones too), ``media`` (per ``__MEDIA__`` item, its member name or
+``null`` when the image was missing or corrupt) and ``index`` (its position in the
+conversation, counting dropped turns).
 
 Problems, each logged with ``file:line`` and the conversation id and counted by kind in
 :attr:`MMDialogSummary.problems`:
@@ -32,7 +38,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Union
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 from data_modules.convert.common import (
     SequenceSummary,
@@ -118,22 +124,24 @@ def _samples(lines: Iterator[str], path: Path, images: Path, summary: MMDialogSu
         members: dict[str, bytes] = {}  # "0.jpg", "1.jpg", ... across the dialogue
         turns = []
         for t, items in enumerate(raw_turns):
-            text = " ".join(value.strip() for kind, value in items if kind == TEXT and value.strip())
-            names = []
-            for kind, media in items:
+            texts = [value.strip() for kind, value in items if kind == TEXT]
+            media: list[Optional[str]] = []  # per media item: its member name, None if unusable
+            for kind, value in items:
                 if kind != MEDIA:
                     continue
                 image = read_image(
-                    images / f"{media}.jpg", summary, log, f"{where} turn {t} media {media!r}", "dropped from its turn"
+                    images / f"{value}.jpg", summary, log, f"{where} turn {t} media {value!r}", "dropped from its turn"
                 )
+                name = None
                 if isinstance(image, bytes):
                     name = f"{len(members)}.jpg"
                     members[name] = image
-                    names.append(name)
+                media.append(name)
+            text, names = " ".join(x for x in texts if x), [name for name in media if name is not None]
             if not text and not names:
                 summary.problem(log, "empty_turn", f"{where} turn {t}", "no text and no usable image; turn dropped")
                 continue
-            turns.append({"text": text, "images": names})
+            turns.append({"text": text, "images": names, "texts": texts, "media": media, "index": t})
         if len(turns) < MIN_TURNS:
             summary.problem(log, "too_short", where, f"{len(turns)} usable turns, want at least {MIN_TURNS}")
             summary.skip(log, "too_short", where, "too few turns")
