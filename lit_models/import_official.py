@@ -74,6 +74,7 @@ tower to check (:func:`base_model_warnings`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import pickle
 import re
@@ -93,6 +94,7 @@ from lit_models.plan import ParseOnlyCLI, dataclass_from
 from minigpt5.config import MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError
 from minigpt5.model import MiniGPT5
+from minigpt5.projection import read_minigpt4_projection as minigpt4_projection
 
 PathLike = Union[str, Path]
 
@@ -131,7 +133,6 @@ FROZEN = re.compile("|".join((
 OFFICIAL_LLM = "Vision-CAIR/vicuna-7b"  # Vicuna v0 7B, merged (minigpt4/configs/models/minigpt4.yaml:16)
 OFFICIAL_SD = "stabilityai/stable-diffusion-2-1-base"  # model.py:75
 OFFICIAL_TOWER = "EVA-ViT-g + the Q-Former of LAVIS's blip2_pretrained_flant5xxl.pth"  # mini_gpt4.py:29-30, 53-78
-MINIGPT4_PROJECTION = {"llama_proj.weight": "input_projection.weight", "llama_proj.bias": "input_projection.bias"}
 # Where this project's model comes from when no -c is given: the paper preset of the file's stage.
 DEFAULT_CONFIGS = {
     1: ["configs/uas.yaml", "configs/model/paper.yaml"],
@@ -276,18 +277,23 @@ def convert_state(state: Mapping[str, torch.Tensor], origin: str) -> OfficialWei
     return out
 
 
-def read_minigpt4_projection(path: PathLike, allow_pickle: bool = False) -> OfficialWeights:
+def read_minigpt4_projection(path: PathLike) -> OfficialWeights:
     """MiniGPT-4's Q-Former -> Vicuna projection (``llama_proj``) as ``input_projection``."""
-    checkpoint = load_checkpoint_file(path, allow_pickle)
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    missing = [k for k in MINIGPT4_PROJECTION if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise OfficialCheckpointError(f"'{path}' lacks {missing} under 'model': not MiniGPT-4's checkpoint")
     out = OfficialWeights()
-    for key, target in MINIGPT4_PROJECTION.items():
-        out.weights[target] = state[key]
-        out.sources[target] = f"{Path(path).name}: model/{key}"
+    for name, tensor in minigpt4_projection(str(path)).items():
+        out.weights[f"input_projection.{name}"] = tensor
+        out.sources[f"input_projection.{name}"] = f"{Path(path).name}: model/llama_proj.{name}"
     return out
+
+
+def place_projection(official: OfficialWeights, cfg: MiniGPT5Config, minigpt4: Optional[PathLike]) -> MiniGPT5Config:
+    """Where MiniGPT-4's projection goes: into the weights file when the config trains it, else
+    (frozen, as officially) out of it and into ``vision.projection_path``, which loads it."""
+    if cfg.vision.kind == "none" or cfg.vision.train_projection or minigpt4 is None:
+        return cfg
+    for key in [k for k in official.weights if k.startswith("input_projection.")]:
+        del official.weights[key], official.sources[key]
+    return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, projection_path=str(Path(minigpt4).resolve())))
 
 
 def import_official(
@@ -310,7 +316,7 @@ def import_official(
         result.update(convert_state(first, Path(stage1).name))
     result.update(convert_state(state, Path(ckpt).name))
     if minigpt4 is not None:
-        result.update(read_minigpt4_projection(minigpt4, allow_pickle))
+        result.update(read_minigpt4_projection(minigpt4))
     return result
 
 
@@ -457,6 +463,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         official = import_official(args.ckpt, args.stage1, args.minigpt4, allow_pickle=args.allow_pickle)
         configs = args.config or DEFAULT_CONFIGS[official.stage]
         cfg, optim = read_config([a for c in configs for a in ("-c", c)] + overrides)
+        cfg = place_projection(official, cfg, args.minigpt4)
         model = MiniGPT5.on_meta(cfg)
         check_fits(official, model)
         out, ckpt = write_outputs(official, model, args.out, optim)

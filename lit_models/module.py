@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,6 +23,28 @@ from minigpt5.randomness import Generators
 
 MAPPER_PREFIX = "model.mapper."
 log = logging.getLogger(__name__)
+
+
+# Model settings renamed since checkpoints were first written: old key path -> new key path.
+RENAMED_SETTINGS = {("prompt",): ("template", "prompt")}
+
+
+def rename_settings(config: Optional[dict[str, Any]]) -> bool:
+    """Move each old-named setting of a checkpoint's ``config`` (a dict) to its new name; whether any moved."""
+    moved = False
+    for old, new in RENAMED_SETTINGS.items():
+        parent = config
+        for key in old[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old[-1] not in parent:
+            continue
+        value = parent.pop(old[-1])
+        target = config
+        for key in new[:-1]:
+            target = target.setdefault(key, {})
+        target.setdefault(new[-1], value)
+        moved = True
+    return moved
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -168,12 +192,21 @@ class MiniGPT5Module(LightningModule):
     def from_checkpoint(cls, path: str, map_location: Any = "cpu") -> "MiniGPT5Module":
         """Rebuild the module from a checkpoint's config and load its trainable weights.
 
-        Lightning warns about every frozen key absent from the checkpoint; that is the
-        design here, and :meth:`on_load_checkpoint` checks the trainable keys exactly.
+        A config written before a setting was renamed is read under the new name
+        (:data:`RENAMED_SETTINGS`). Lightning warns about every frozen key absent from the
+        checkpoint; that is the design here, and :meth:`on_load_checkpoint` checks the
+        trainable keys exactly.
         """
+        source: Any = path
+        if Path(path).is_file():
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+            if rename_settings(checkpoint.get("hyper_parameters", {}).get("config")):
+                source = io.BytesIO()
+                torch.save(checkpoint, source)
+                source.seek(0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
-            return cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+            return cls.load_from_checkpoint(source, map_location=map_location, weights_only=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_frozen_parts(checkpoint.get(CHECKPOINT_KEY, {}), "the checkpoint being loaded")

@@ -26,6 +26,7 @@ from lit_models.import_official import (
     check_fits,
     convert_state,
     import_official,
+    place_projection,
     read_config,
     required_tensors,
     write_outputs,
@@ -348,11 +349,8 @@ def test_paper_preset_has_the_official_shapes(stage):
     default configs) exactly; the mapper's heads and norm placement agree too."""
     ref = official_on_meta(stage)
     imported = convert_state(official_on_meta(1).saved_state(seed=None), "stage1_cc3m.ckpt")
-    if stage == 2:
+    if stage == 2:  # MiniGPT-4's llama_proj is frozen in the paper preset: it loads from vision.projection_path
         imported.update(convert_state(ref.saved_state(seed=None), "stage2_vist.ckpt"))
-        # MiniGPT-4's llama_proj: Q-Former width 768 -> Vicuna's 4096 (mini_gpt4.py:110-112)
-        imported.weights["input_projection.weight"] = torch.empty(4096, 768, device="meta")
-        imported.weights["input_projection.bias"] = torch.empty(4096, device="meta")
     cfg, _ = read_config([a for c in DEFAULT_CONFIGS[stage] for a in ("-c", str(ROOT / c))])
     model = MiniGPT5.on_meta(cfg)
     check_fits(imported, model)
@@ -397,3 +395,16 @@ def test_base_models_other_than_the_official_ones_are_warned_about():
     other = replace(official_bases, llm=replace(cfg.llm, path="lmsys/vicuna-7b-v1.5"))
     note, _ = base_model_warnings(other)
     assert "lmsys/vicuna-7b-v1.5" in note and OFFICIAL_LLM in note
+
+
+def test_a_frozen_projection_goes_to_the_config_not_the_weights(official, tmp_path):
+    """Under the paper preset the projection is frozen: it loads from vision.projection_path."""
+    imported = import_official(official["stage2"], official["stage1"], official["minigpt4"])
+    assert "input_projection.weight" in imported.weights
+    vision = VisionConfig(kind="blip2", projection_path="elsewhere.pth", train_projection=False)
+    cfg = place_projection(imported, MiniGPT5Config(vision=vision), official["minigpt4"])
+    assert not any(k.startswith("input_projection.") for k in imported.weights)
+    assert cfg.vision.projection_path == str(Path(official["minigpt4"]).resolve())
+    trained = MiniGPT5Config(vision=VisionConfig(kind="blip2"))  # the tiny default trains it: it stays in the file
+    again = import_official(official["stage2"], official["stage1"], official["minigpt4"])
+    assert place_projection(again, trained, official["minigpt4"]) is trained and "input_projection.bias" in again.weights

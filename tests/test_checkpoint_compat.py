@@ -1,6 +1,8 @@
-"""A checkpoint refuses frozen weights it was not trained with (minigpt5.fingerprint)."""
+"""Checkpoints and the frozen weights and settings they were written with (minigpt5.fingerprint, renamed settings)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import lightning
 import pytest
@@ -67,3 +69,18 @@ def test_checkpoint_refuses_an_llm_folder_that_changed(tmp_path):
         MiniGPT5Module.from_checkpoint(str(ckpt))
     with pytest.raises(FrozenPartsChanged, match=rf"checkpoint '{ckpt}'"):
         MiniGPT5Module(module.config, init_from=str(ckpt))  # stage 2 starting from it
+
+
+def test_a_checkpoint_from_before_the_template_setting_still_loads(tmp_path):
+    """Checkpoints written before ``prompt`` moved to ``template.prompt`` load under the new name."""
+    module = MiniGPT5Module()
+    config = dataclasses.asdict(module.config)
+    del config["template"]
+    config["prompt"] = "story:"  # the old top-level setting
+    checkpoint = {"state_dict": module.state_dict(), "pytorch-lightning_version": lightning.__version__,
+                  "hyper_parameters": {"config": config, "optim": dataclasses.asdict(module.optim), "init_from": None,
+                                       "_instantiator": "lightning.pytorch.cli.instantiate_module"}}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = MiniGPT5Module.from_checkpoint(str(tmp_path / "old.ckpt"))
+    assert loaded.config.template.prompt == "story:" and loaded.config.template.name == "plain"
