@@ -25,7 +25,8 @@ from data_modules.base import ShardDataModule
 from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
 from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_image
 from data_modules.turn_choices import (
-    Context, Message, Part, SourceTurn, TaskExample, TurnChoices, history_part, sample_examples, story_example,
+    Context, Message, Part, SourceTurn, StoryTask, TaskExample, TurnChoices, history_part, sample_examples,
+    story_example,
 )
 from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
@@ -142,16 +143,19 @@ class InterleavedEncoder:
         return item | {"target_moments": moments, "target_cached": [True] * len(names)}
 
     def encode_turn(
-        self, turns: list[tuple[str, list[Image.Image]]], t: int, layout: Layout = "story"
+        self, turns: list[tuple[str, list[Image.Image]]], t: int, layout: Layout = "story",
+        task: StoryTask = "continue",
     ) -> dict[str, Any]:
-        """This project's continuation example: target ``turns[t]``, context the turns before it,
-        worded as a story or a dialogue (speakers alternating, the user first).
+        """The example of ``turns[t]`` after the turns before it, worded as a story or a dialogue
+        (speakers alternating, the user first). A story step is a ``continue`` target (its text
+        and images written) or a ``generate`` one (its text is the user's request, its images
+        the target), without the official prompts: the text is given as it is.
 
         Raises SequenceTooLong when the target alone cannot fit ``llm.max_length``.
         """
         source = [SourceTurn(text, list(images), i) for i, (text, images) in enumerate(turns)]
         if layout == "story":
-            return self.encode(story_example("continue", source, t, "", TurnChoices(), self.context))
+            return self.encode(story_example(task, source, t, "", TurnChoices(), self.context))
         history = [Message(None, [history_part(turn, self.context)]) for turn in source[:t]]
         return self.encode(TaskExample("respond", t, "", history, None, turns[t][0], list(turns[t][1])))
 

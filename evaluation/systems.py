@@ -125,9 +125,11 @@ class MiniGPT5System:
         return to_pil_images(images)[0]
 
     def _encode_target(self, item: EvalItem) -> dict[str, Any]:
-        """The teacher-forced sequence of a story or dialogue item: context, given text, vokens."""
+        """The teacher-forced sequence of a story or dialogue item: context, given text, vokens.
+        A VIST step is the official image-generation task: its given text is the user's
+        request (under the minigpt4 template, the ``###Human:`` turn), the vokens the answer."""
         turns = item.context + [(self.given_text(item), [item.images[0]])]
-        return self.encoder.encode_turn(turns, len(item.context), item.layout)
+        return self.encoder.encode_turn(turns, len(item.context), item.layout, task="generate")
 
     @torch.no_grad()
     def draw_free(self, item: EvalItem) -> tuple[str, list[Image.Image]]:

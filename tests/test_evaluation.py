@@ -286,6 +286,23 @@ def test_free_drawing_gives_the_forced_input_up_to_the_vokens_in_the_vist_prompt
             MiniGPT5System(model, GenerationConfig(), prompt=prompt)
 
 
+def test_vist_item_under_minigpt4_is_the_official_image_generation_request(monkeypatch):
+    """The step's text in the official prompt is the Human turn; the model answers with the vokens."""
+    from minigpt5.config import LLMConfig, TemplateConfig
+    from minigpt5.model import MiniGPT5
+
+    model = MiniGPT5(MiniGPT5Config(template=TemplateConfig(name="minigpt4"), llm=LLMConfig(max_length=512))).eval()
+    picture = Image.new("RGB", (16, 16))
+    calls = []
+    monkeypatch.setattr("evaluation.systems.generate_from_ids",
+                        lambda m, ids, pixels, gen: calls.append(ids) or _result(picture))
+    system = MiniGPT5System(model, GenerationConfig(), context="text", prompt=target_prompt("vist"))
+    system.draw_free(EvalItem("story", 1, "a dog runs", [picture], [("we went to the park", [picture])]))
+    text = model.tokenizer.decode(calls[-1])
+    assert "###Human:we went to the park" in text
+    assert text.endswith("Generate an image with the scene description: a dog runs ###Assistant:")
+
+
 def test_mmdialog_scores_the_response_text_up_to_its_first_image(model, data, monkeypatch):
     picture = Image.new("RGB", (16, 16))
     monkeypatch.setattr("evaluation.systems.generate_from_ids",
