@@ -39,6 +39,11 @@ CAPTION_TEMPLATES = (
 )
 
 
+# Half the captions start with a lead-in, as real captions do not all start at the object:
+# a mapper that only reads a caption's first words misses "then a red circle".
+CAPTION_LEADS = ("then", "first", "finally", "now", "and", "next", "here is", "this is", "look at", "so")
+
+
 def colour_of(caption: str) -> str:
     """The palette colour named in ``caption``; ValueError if there is none."""
     for word in re.findall(r"[a-z]+", caption.lower()):
@@ -87,10 +92,13 @@ def synthetic_samples(num: int, size: int, seed: int) -> Iterator[dict[str, Any]
     for index in range(num):
         colour, shape, jpeg = random_shape(size, rng)
         template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
+        caption = template.format(colour=colour, shape=shape)
+        if rng.random() < 0.5:
+            caption = f"{CAPTION_LEADS[rng.integers(len(CAPTION_LEADS))]} {caption}"
         yield {
             "__key__": f"{index:09d}",
             "jpg": jpeg,
-            "txt": template.format(colour=colour, shape=shape),
+            "txt": caption,
             "json": {"colour": colour, "shape": shape},
         }
 

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data_modules.synthetic import CAPTION_TEMPLATES, COLOURS, SHAPES, colour_of, dominant_colour, write_synthetic
+from data_modules.synthetic import CAPTION_LEADS, CAPTION_TEMPLATES, COLOURS, SHAPES, colour_of, dominant_colour, write_synthetic
 from minigpt5.images import to_pil_images, to_target_tensor
 
 
@@ -32,7 +32,13 @@ def test_writes_train_and_val_shards(shards):
     named = {(colour_of(c), next(s for s in SHAPES if s in c)) for c in captions}
     assert named == {(c, s) for c in COLOURS for s in SHAPES}  # all 18 pairs appear
     wordings = {t: {t.format(colour=c, shape=s) for c, s in named} for t in CAPTION_TEMPLATES}
-    assert captions <= set().union(*wordings.values()) and all(captions & w for w in wordings.values())
+    leads = {c.split(" ", 1)[0] for c in captions} & {lead.split()[0] for lead in CAPTION_LEADS}
+    bare = {c for c in captions if not any(c.startswith(f"{lead} ") for lead in CAPTION_LEADS)}
+    led = {c.split(" ", len(lead.split()))[-1] for c in captions - bare for lead in CAPTION_LEADS
+           if c.startswith(f"{lead} ")}
+    assert bare | led <= set().union(*wordings.values()) and all(captions & w for w in wordings.values())
+    share = sum(c not in bare for _, c in train) / len(train)
+    assert 0.4 < share < 0.6 and len(leads) >= 5  # about half of the pairs start with a lead-in
     assert all(image.size == (64, 64) and image.format == "JPEG" for image, _ in train)
     assert [c for _, c in val] != [c for _, c in train[:60]]  # val is drawn with its own seed
 
