@@ -73,3 +73,30 @@ def samples_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SAMPLES
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_process_behind():
+    """Every test ends what it started (ranks, DataLoader workers, CLI runs): anything still
+    alive 10 s after the test is killed, and the test fails naming it (``tests/processes.py``)."""
+    import gc
+    import time
+
+    import psutil
+    from processes import leftover_processes
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    gc.collect()  # in-process DataLoader iterators end their workers when collected
+    deadline = time.monotonic() + 10
+    while (left := leftover_processes(before)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        names = []
+        for proc in left:
+            try:
+                names.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+                proc.kill()
+            except psutil.Error:
+                continue
+        pytest.fail(f"the test left {len(left)} process(es) running (now killed): {names}")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import processes
 import pytest
 import torch
 import yaml
@@ -65,8 +66,9 @@ def fake_slurm_env(tmp_path: Path, tasks: int = 1, task: int = 0, port: Optional
 
 
 def slurm_fit(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lit_models.cli", "fit", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    result, timed_out = processes.run([sys.executable, "-m", "lit_models.cli", "fit", *args], 600, env, str(ROOT))
+    assert not timed_out, f"`minigpt5 fit` did not finish in 600 s:\n{result.stderr[-12000:]}"
+    return result
 
 
 @pytest.mark.slow
@@ -96,13 +98,10 @@ def test_sigusr1_mid_step_saves_hpc_checkpoint_requeues_and_resumes_exactly(shar
 def srun2(args: list[str], tmp_path: Path) -> list[subprocess.CompletedProcess]:
     """Both tasks of a 2-task job on one node, started as srun would (Lightning spawns nothing)."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "lit_models.cli", "fit", *args], cwd=ROOT, text=True,
-                              env=fake_slurm_env(tmp_path, tasks=2, task=task, port=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for task in range(2)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    runs = [processes.Run.start([sys.executable, "-m", "lit_models.cli", "fit", *args],
+                                fake_slurm_env(tmp_path, tasks=2, task=task, port=port), str(ROOT)) for task in range(2)]
+    results = [run.finish(timeout=600) for run in runs]
+    assert not any(run.timed_out for run in runs), "a task did not finish in 600 s:\n" + results[0].stderr[-6000:]
     return results
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
+import processes
 import pytest
 import torch
 import yaml
@@ -50,20 +50,16 @@ def fit_args(shards, root: Path, overlay: str, steps: int) -> list[str]:
 
 
 def cli(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
-    """``minigpt5 fit`` in a subprocess. A run stuck past ``timeout`` (a few times its normal
-    time on a loaded machine) gets SIGABRT, so every process of it (DDP ranks included)
-    prints its Python stacks through faulthandler, and the test fails showing them."""
+    """``minigpt5 fit`` in a subprocess of its own session (``tests/processes.py``): the result
+    comes when the run's leader exits, and whatever it leaves (DataLoader workers of a killed
+    run) is ended. A run stuck past ``timeout`` (a few times its normal time on a loaded
+    machine) gets SIGABRT, so every process of it prints its Python stacks through
+    faulthandler, and the test fails showing them."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    command = [sys.executable, "-m", "lit_models.cli", "fit", *args]
-    with subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGABRT)
-            out, err = proc.communicate()
-            pytest.fail(f"`minigpt5 fit` did not finish in {timeout} s; stacks at SIGABRT:\n{err[-12000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    result, timed_out = processes.run([sys.executable, "-m", "lit_models.cli", "fit", *args], timeout, env, str(ROOT))
+    if timed_out:
+        pytest.fail(f"`minigpt5 fit` did not finish in {timeout} s; stacks at SIGABRT:\n{result.stderr[-12000:]}")
+    return result
 
 
 def trainable_weights(ckpt: Path) -> dict[str, torch.Tensor]:
