@@ -68,7 +68,7 @@ train-mls: install
 # `minigpt5 eval` flags). Without CKPT it runs the tiny preset end to end on this machine:
 # synthetic data, short stage-1 and stage-2 runs, then every protocol with tiny extractors.
 EVAL := outputs/eval
-EVAL_TINY := --extractors tiny --steps 25 --no-progress
+EVAL_TINY := --extractors tiny --steps 25 --max-new-tokens 24 --no-progress
 ifdef CKPT
 eval: install
 	$(BIN)/minigpt5 eval --ckpt $(CKPT) --protocol $(PROTOCOL) --shards '$(SHARDS)' --out $(EVAL)/$(PROTOCOL) $(ARGS)
@@ -87,7 +87,7 @@ eval: install
 		--systems minigpt5 sd2 --guidance-scale 1 2 7.5 --out $(EVAL)/cc3m $(EVAL_TINY)
 	$(BIN)/minigpt5 eval --ckpt $(EVAL)/mls/checkpoints/last.ckpt --protocol vist --shards $(EVAL)/stories/val-000000.tar \
 		--systems minigpt5 sd2 --sd2-text story --out $(EVAL)/vist $(EVAL_TINY)
-	$(BIN)/minigpt5 eval --ckpt $(EVAL)/mls/checkpoints/last.ckpt --protocol mmdialog --max-new-tokens 24 \
+	$(BIN)/minigpt5 eval --ckpt $(EVAL)/mls/checkpoints/last.ckpt --protocol mmdialog \
 		--shards $(EVAL)/dialogues/val-000000.tar --out $(EVAL)/mmdialog $(EVAL_TINY)
 	@echo
 	@echo "Results tables (tiny extractors: the numbers only show the pipeline works):"
