@@ -21,6 +21,8 @@ from typing import IO, Optional
 import psutil
 
 STARTED: list[int] = []  # session ids (their leaders' pids) of every run the tests started
+# Helpers multiprocessing starts once per interpreter and keeps until it exits: not leftovers.
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def session_members(sid: int) -> list[psutil.Process]:
@@ -105,7 +107,8 @@ def leftover_processes(before: set[int]) -> list[psutil.Process]:
     alive = []
     for proc in left.values():
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            helper = any(name in " ".join(proc.cmdline()) for name in INTERPRETER_HELPERS)
+            if proc.status() != psutil.STATUS_ZOMBIE and not helper:
                 alive.append(proc)
         except psutil.Error:
             continue
