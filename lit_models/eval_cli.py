@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minigpt5 eval", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--ckpt", required=True, help="MiniGPT5Module checkpoint (its config gives the frozen SD too)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a checkpoint that holds more than tensors (runs its code: trusted files only)")
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
     parser.add_argument("--shards", required=True, help="test shards, brace pattern (as written by `minigpt5 data`)")
     parser.add_argument("--targets", choices=("all", "last"), default="all",
@@ -153,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     options = protocol_options(args)
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
-    model = MiniGPT5Module.from_checkpoint(args.ckpt).model.to(args.device).eval()
+    model = MiniGPT5Module.from_checkpoint(args.ckpt, allow_pickle=args.allow_pickle).model.to(args.device).eval()
     resolution = model.cfg.diffusion.resolution
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

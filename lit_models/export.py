@@ -26,6 +26,7 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from lit_models.checkpoint_files import load_checkpoint_file
 from minigpt5.fingerprint import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def deepspeed_tag_dir(path: Path) -> Path:
 def deepspeed_trainable_weights(path: Path) -> dict[str, torch.Tensor]:
     """fp32 trainable weights of a DeepSpeed checkpoint folder (ZeRO 0-3), keyed as the module's state_dict."""
     tag_dir = deepspeed_tag_dir(path)
-    states = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=False)
+    states = load_checkpoint_file(tag_dir / MODEL_STATES)
     buffers = set(states.get("buffer_names") or ())
     if list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -67,8 +68,8 @@ def trainable_weights(path: Union[str, Path]) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" not in checkpoint:
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise KeyError(f"'{path}' has no 'state_dict': not a Lightning checkpoint")
     return checkpoint["state_dict"]
 
@@ -80,7 +81,7 @@ def saved_fingerprint(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return {}
     file = deepspeed_tag_dir(path) / MODEL_STATES if path.is_dir() else path
-    return torch.load(file, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY, {})
+    return load_checkpoint_file(file, mmap=True).get(CHECKPOINT_KEY, {})
 
 
 def export_trainable(ckpt: Union[str, Path], out: Union[str, Path]) -> dict[str, torch.Tensor]:

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minigpt5 generate", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a MiniGPT5Module checkpoint (its config rebuilds the frozen parts)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a checkpoint that holds more than tensors (runs its code: trusted files only)")
     source.add_argument("--tiny", action="store_true", help="an untrained tiny model with a CLIP tower, for trying it out")
     parser.add_argument("--prompt", required=True, help="text; each <image> marks where the next --image goes")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
@@ -75,7 +77,7 @@ def load_model(args: argparse.Namespace):
         return MiniGPT5(MiniGPT5Config(vision=VisionConfig(kind="clip")))
     from lit_models.module import MiniGPT5Module
 
-    return MiniGPT5Module.from_checkpoint(args.ckpt).model
+    return MiniGPT5Module.from_checkpoint(args.ckpt, allow_pickle=args.allow_pickle).model
 
 
 def load_images(paths: list[str]) -> list[Image.Image]:
@@ -97,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         images = load_images(args.image)
         model = load_model(args).to(args.device)
         result = generate(model, args.prompt, images, cfg)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     paths = write_outputs(result, args.out)

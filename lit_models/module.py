@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule
 
+from lit_models.checkpoint_files import load_checkpoint_file
 from lit_models.export import saved_fingerprint, trainable_weights
 from lit_models.optim import OptimConfig, configure_adamw
 from minigpt5.config import MiniGPT5Config
@@ -189,24 +190,26 @@ class MiniGPT5Module(LightningModule):
         checkpoint[CHECKPOINT_KEY] = self.model.frozen_fingerprint
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: Any = "cpu") -> "MiniGPT5Module":
+    def from_checkpoint(cls, path: str, map_location: Any = "cpu", allow_pickle: bool = False) -> "MiniGPT5Module":
         """Rebuild the module from a checkpoint's config and load its trainable weights.
 
-        A config written before a setting was renamed is read under the new name
+        The file is read as tensors and plain values only (:mod:`lit_models.checkpoint_files`),
+        unless ``allow_pickle`` (a file the user trusts). A config written before a setting
+        was renamed is read under the new name
         (:data:`RENAMED_SETTINGS`). Lightning warns about every frozen key absent from the
         checkpoint; that is the design here, and :meth:`on_load_checkpoint` checks the
         trainable keys exactly.
         """
         source: Any = path
         if Path(path).is_file():
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+            checkpoint = load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
             if rename_settings(checkpoint.get("hyper_parameters", {}).get("config")):
                 source = io.BytesIO()
                 torch.save(checkpoint, source)
                 source.seek(0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
-            return cls.load_from_checkpoint(source, map_location=map_location, weights_only=False)
+            return cls.load_from_checkpoint(source, map_location=map_location, weights_only=not allow_pickle)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_frozen_parts(checkpoint.get(CHECKPOINT_KEY, {}), "the checkpoint being loaded")
