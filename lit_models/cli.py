@@ -11,6 +11,9 @@
       --out official.safetensors                               the authors' checkpoints as this project's weights
   minigpt5 reproduce --assets outputs/demo --out DIR          the paper's questions on the synthetic world
 
+Lightning subcommands end a user error (a bad config value, a missing or unfit file) with one
+line and exit code 2; ``--debug`` anywhere on the line shows the traceback instead.
+
 Lives outside ``minigpt5/`` so the model package stays free of Lightning.
 """
 
@@ -30,7 +33,10 @@ from lit_models.language_model import LanguageModelModule
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
+from lit_models.checkpoint_files import NotACheckpointError, UnsafeCheckpointError
 from minigpt5.builders import WeightsNotFoundError
+from minigpt5.config import ConfigError
+from minigpt5.fingerprint import FrozenPartsChanged
 
 
 # Warnings that are expected by design here, each silenced with its reason:
@@ -121,8 +127,16 @@ def run_lightning(
     )
 
 
+# Errors that are the user's (a config value, a missing or unfit file), not a bug: one line and
+# exit code 2 from the Lightning subcommands; ``--debug`` shows the traceback instead.
+USER_ERRORS = (ConfigError, WeightsNotFoundError, FileNotFoundError, FrozenPartsChanged, NotACheckpointError,
+               UnsafeCheckpointError)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if argv[:1] == ["data"]:
         from data_modules.convert.cli import main as data_main
 
@@ -158,8 +172,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_lightning(LanguageModelModule, argv[1:], cli_class=LanguageModelCLI)
         else:
             run_lightning(MiniGPT5Module, argv)
-    except WeightsNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"minigpt5 {argv[0] if argv else ''}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -147,9 +147,16 @@ def test_missing_shard_path_is_a_clear_error(tmp_path):
                                                          f"--trainer.default_root_dir={tmp_path}"])
 
 
-def test_bad_config_value_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"guidance.cfg_dropout must be in \[0, 1\), got 1.5"):
-        main(["fit"] + BASE + ["--model.config.guidance.cfg_dropout=1.5", f"--trainer.default_root_dir={tmp_path}"])
+def test_bad_config_value_is_one_line_and_exit_code_2(tmp_path):
+    """Through the console entry: a user's mistake is one line naming it, not a traceback."""
+    args = [sys.executable, "-m", "lit_models.cli", "fit", *BASE, "--model.config.vokens.num_vokens=-1",
+            f"--trainer.default_root_dir={tmp_path}"]
+    result, _ = processes.run(args, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=str(ROOT))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "minigpt5 fit: error: vokens.num_vokens must be >= 1, got -1"
+    with pytest.raises(ConfigError, match=r"guidance.cfg_dropout must be in \[0, 1\), got 1.5"):  # --debug: raised
+        main(["fit", "--debug"] + BASE + ["--model.config.guidance.cfg_dropout=1.5",
+                                          f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_unknown_config_key_is_rejected(tmp_path, capsys):
