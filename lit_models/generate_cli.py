@@ -86,7 +86,7 @@ def load_images(paths: list[str]) -> list[Image.Image]:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:  # a bomb: too many pixels
             raise ValueError(f"cannot read input image {path}: {err}") from err
     return images
 

@@ -66,3 +66,30 @@ def test_checkpoints_with_the_projects_config_objects_still_load(tmp_path):
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "own.ckpt")
     assert MiniGPT5Module.from_checkpoint(str(tmp_path / "own.ckpt")).config == module.config
+
+
+def test_input_images_that_are_bombs_or_not_images_are_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lit_models.generate_cli import load_images
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels: over twice the limit, a "bomb"
+    with pytest.raises(ValueError, match=r"big\.png.*exceeds limit"):
+        load_images([str(big)])
+    text = tmp_path / "photo.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="photo.jpg"):
+        load_images([str(text)])
+
+
+def test_generated_text_is_escaped_in_the_story_page():
+    from lit_models.pages import story_html
+    from minigpt5.generate import GenerationResult
+
+    result = GenerationResult(prompt="<b>hi</b>", input_images=[], segments=["<script>alert(1)</script>"],
+                              token_ids=[], sequence_ids=[], prompt_length=0, context_pixels=None,
+                              voken_features=[], settings={}, stopped="eos")
+    page = story_html(result)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<b>hi</b>" not in page
