@@ -217,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         json_path, md_path = evaluate(args)
-    except (ConfigError, WeightsNotFoundError, ValueError) as err:
+    except (ConfigError, WeightsNotFoundError, ValueError, FileNotFoundError) as err:
         print(f"minigpt5 eval: error: {err}", file=sys.stderr)
         return 2
     print(md_path.read_text())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -102,6 +103,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output .safetensors file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    weights = export_trainable(args.ckpt, args.out)
+    try:
+        weights = export_trainable(args.ckpt, args.out)
+    except (ValueError, KeyError, FileNotFoundError) as err:  # not a checkpoint, not ours, or absent
+        print(f"minigpt5 export: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
     print(f"{len(weights)} trainable tensors -> {args.out}")
     return 0

@@ -93,3 +93,20 @@ def test_generated_text_is_escaped_in_the_story_page():
                               voken_features=[], settings={}, stopped="eos")
     page = story_html(result)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<b>hi</b>" not in page
+
+
+def test_every_command_names_a_missing_or_wrong_checkpoint_in_one_line(tmp_path, capsys):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("these are not weights\n")
+    missing = str(tmp_path / "nowhere.ckpt")
+    commands = {
+        "eval": ["--protocol", "cc3m", "--shards", str(tmp_path / "x.tar"), "--extractors", "tiny",
+                 "--out", str(tmp_path)],
+        "export": ["--out", str(tmp_path / "w.safetensors")],
+        "generate": ["--prompt", "hi", "--out", str(tmp_path / "g")],
+    }
+    for command, rest in commands.items():
+        for ckpt, says in ((missing, "nowhere.ckpt"), (str(junk), "not a PyTorch checkpoint")):
+            assert main([command, "--ckpt", ckpt, *rest]) == 2, (command, ckpt)
+            err = capsys.readouterr().err
+            assert says in err and "Traceback" not in err, (command, err)
