@@ -50,8 +50,9 @@ def load_checkpoint_file(path: Union[str, Path], *, allow_pickle: bool = False, 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     allow_project_classes()
+    mmap = mmap and zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap and zipfile.is_zipfile(path))
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "invalid load key" in first or "could not find MARK" in first or not zipfile.is_zipfile(path):
