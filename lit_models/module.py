@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule
 from lit_models.checkpoint_files import load_checkpoint_file
 from lit_models.export import saved_fingerprint, trainable_weights
 from lit_models.optim import OptimConfig, configure_adamw
-from minigpt5.config import MiniGPT5Config
+from minigpt5.config import ConfigError, MiniGPT5Config, model_differences
 from minigpt5.fingerprint import CHECKPOINT_KEY, check_frozen_parts
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5, target_count
@@ -212,6 +212,14 @@ class MiniGPT5Module(LightningModule):
             return cls.load_from_checkpoint(source, map_location=map_location, weights_only=not allow_pickle)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("config")
+        changed = model_differences(saved, self.config) if saved is not None else []
+        if changed:
+            raise ConfigError(
+                "the checkpoint was trained with another model than this config builds, so its weights mean "
+                f"nothing here: {'; '.join(changed)}. Resume with the checkpoint's settings (its hparams.yaml), "
+                "or start a new run from it with --model.init_from"
+            )
         self.check_frozen_parts(checkpoint.get(CHECKPOINT_KEY, {}), "the checkpoint being loaded")
         if "state_dict" not in checkpoint:
             return  # a DeepSpeed checkpoint: the engine restored the weights itself

@@ -8,8 +8,9 @@ from that local folder or hub id instead of being built from the tiny sizes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from typing import Any, Literal, Optional, get_args
 
 
 class ConfigError(ValueError):
@@ -242,3 +243,33 @@ class MiniGPT5Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
+
+
+# Settings a run may change when it resumes from a checkpoint: they do not change what the
+# trained weights mean (losses, guidance, augmentation and memory savings may all change).
+RESUMABLE_SECTIONS = ("loss", "guidance", "augment")
+RESUMABLE_KEYS = frozenset({
+    "llm.max_length", "llm.gradient_checkpointing", "llm.torch_dtype", "diffusion.gradient_checkpointing",
+    "diffusion.torch_dtype", "vision.torch_dtype", "mapper.dropout", "peft.lora_dropout",
+})
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+
+
+def model_differences(saved: Any, current: "MiniGPT5Config") -> list[str]:
+    """The settings that make a checkpoint of ``saved`` (a config or its dict) meaningless
+    for ``current``, as ``key: saved -> current``; harmless ones (above) are left out."""
+    old, new = _flat(saved), _flat(current)
+    changed = []
+    for key in sorted(old.keys() & new.keys()):  # a setting one side lacks is older or newer than it
+        if key.split(".")[0] in RESUMABLE_SECTIONS or key in RESUMABLE_KEYS:
+            continue
+        if old.get(key) != new.get(key):
+            changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changed

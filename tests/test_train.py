@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -99,6 +100,33 @@ def test_killed_run_resumed_from_last_matches_uninterrupted(shards, tmp_path):
     # The run trained: weights moved away from their initial values.
     init = MiniGPT5Module().state_dict()
     assert not torch.equal(a["model.vokens.input_rows"], init["model.vokens.input_rows"])
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_model_change_and_accepts_a_training_change(shards, tmp_path):
+    root = tmp_path / "run"
+    first = cli(fit_args(shards, root, run_config(tmp_path), 2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    resume = fit_args(shards, root, run_config(tmp_path), 3) + ["--ckpt_path=last"]
+    changed = cli(resume + ["--model.config.mapper.num_heads=2", "--model.config.vokens.num_vokens=4"])
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    message = changed.stderr.strip().splitlines()[-1]
+    assert "mapper.num_heads: 4 -> 2" in message and "vokens.num_vokens: 8 -> 4" in message
+    harmless = cli(resume + ["--model.config.loss.cap_weight=0.2", "--model.config.llm.max_length=48"])
+    assert harmless.returncode == 0, harmless.stderr[-3000:]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_model_differences_leave_out_training_settings():
+    from minigpt5.config import LossConfig, MapperConfig, model_differences
+
+    base = MiniGPT5Module().config
+    assert model_differences(base, dataclasses.replace(base, loss=LossConfig(cap_weight=0.5))) == []
+    other = dataclasses.replace(base, mapper=MapperConfig(num_queries=16))
+    assert model_differences(dataclasses.asdict(base), other) == ["mapper.num_queries: 77 -> 16"]
+    older = dataclasses.asdict(base)
+    del older["template"]  # a checkpoint from before a setting existed
+    assert model_differences(older, base) == []
 
 
 @pytest.mark.slow
