@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +60,11 @@ def cli(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     result, timed_out = processes.run([sys.executable, "-m", "lit_models.cli", "fit", *args], timeout, env, str(ROOT))
     if timed_out:
-        pytest.fail(f"`minigpt5 fit` did not finish in {timeout} s; stacks at SIGABRT:\n{result.stderr[-12000:]}")
+        fd, path = tempfile.mkstemp(prefix="minigpt5-fit-stacks-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(result.stderr)  # every process's stacks: the failure message only has room for the end
+        pytest.fail(f"`minigpt5 fit` did not finish in {timeout} s; all stacks at SIGABRT in {path}; the last:\n"
+                    f"{result.stderr[-12000:]}")
     return result
 
 
