@@ -54,12 +54,14 @@ def load_checkpoint_file(path: Union[str, Path], *, allow_pickle: bool = False, 
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        first = lines[0]
+        reason = next((line for line in lines if "Unsupported global" in line), first)  # what it asked for
         if "invalid load key" in first or "could not find MARK" in first or not zipfile.is_zipfile(path):
             raise NotACheckpointError(f"'{path}' is not a PyTorch checkpoint ({first})") from err
         raise UnsafeCheckpointError(
             f"'{path}' holds objects other than tensors and plain values, so reading it could run code; it was "
-            f"not read ({first}). If you trust where it came from, pass --allow-pickle."
+            f"not read ({reason}). If you trust where it came from, pass --allow-pickle."
         ) from err
     except Exception as err:  # noqa: BLE001 - whatever a malformed file makes the unpickler raise
         raise NotACheckpointError(f"'{path}' is not a PyTorch checkpoint ({type(err).__name__}: "

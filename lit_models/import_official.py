@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import pickle
 import re
 import sys
 from dataclasses import dataclass, field
@@ -87,6 +86,7 @@ import lightning
 import torch
 from safetensors.torch import save_file
 
+from lit_models import checkpoint_files
 from lit_models.cli import run_lightning
 from lit_models.module import MiniGPT5Module
 from lit_models.optim import OptimConfig
@@ -171,31 +171,15 @@ class OfficialWeights:
 
 # ---- reading ----
 
-def _torch_load(path: Path, weights_only: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)  # a legacy (non-zip) file
-
-
 def load_checkpoint_file(path: PathLike, allow_pickle: bool = False) -> Any:
-    """``torch.load`` on CPU, memory-mapped where the format allows, without unpickling code
-    unless ``allow_pickle``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    """The project's safe read (:func:`lit_models.checkpoint_files.load_checkpoint_file`, memory-mapped),
+    its refusals as :class:`OfficialCheckpointError`."""
     try:
-        return _torch_load(path, weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
-        if reason is None:
-            raise OfficialCheckpointError(f"'{path}' is not a torch checkpoint: {str(err).splitlines()[0]}") from err
-        raise OfficialCheckpointError(f"'{path}' holds more than tensors and plain values ({reason}); pass "
-                                      "--allow-pickle to unpickle it in full, only for a file you trust") from err
-    except Exception as err:  # torch.load's many errors on a file in no torch format, named here
-        raise OfficialCheckpointError(f"'{path}' is not a torch checkpoint: {err}") from err
+        return checkpoint_files.load_checkpoint_file(path, allow_pickle=allow_pickle, mmap=True)
+    except checkpoint_files.NotACheckpointError as err:
+        raise OfficialCheckpointError(f"'{path}' is not a torch checkpoint: {err.__cause__}") from err
+    except checkpoint_files.UnsafeCheckpointError as err:
+        raise OfficialCheckpointError(str(err)) from err
 
 
 def read_official_state(path: PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
