@@ -16,6 +16,7 @@ from data_modules.shards import (
     SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, expand_shards,
 )
 from data_modules.stream import POSITION_KEY, EpochLoader, ResumableStream, StreamPosition
+from data_modules.workers import START_METHODS, worker_context
 from minigpt5.config import MiniGPT5Config
 
 
@@ -62,12 +63,15 @@ class ShardDataModule(LightningDataModule):
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
+        worker_start: str = "forkserver",
     ) -> None:
         """``stream_groups``: independent training streams, split evenly over ranks (None: one
         per rank). Runs with the same value and global batch see the same samples per step at
         any world size that divides it, and resume across such world sizes; it must divide
         ``batch_size`` per rank. ``model_config`` is linked from ``model.config`` by the CLI;
-        None means the tiny default."""
+        None means the tiny default. ``worker_start``: how DataLoader workers start
+        (:mod:`data_modules.workers`; "fork" only for a script that cannot be re-imported,
+        such as a notebook, at the risk that explains the default)."""
         super().__init__()
         if (batch_size < 1 or samples_per_epoch < 1 or num_workers < 0 or (val_samples is not None and val_samples < 1)
                 or (stream_groups is not None and stream_groups < 1)):
@@ -80,6 +84,8 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"data.latents must be one of {', '.join(LATENT_MODES)}; got {latents!r}")
         if prefetch_factor < 1:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
+        if worker_start not in START_METHODS:
+            raise ValueError(f"data.worker_start must be one of {', '.join(START_METHODS)}; got {worker_start!r}")
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.batch_size = batch_size
@@ -94,6 +100,7 @@ class ShardDataModule(LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_val_workers = persistent_val_workers
+        self.worker_start = worker_start
         self.counter = SampleCounter()
         self.position = StreamPosition()
         self.encoder: Optional[SampleEncoder] = None
@@ -108,6 +115,8 @@ class ShardDataModule(LightningDataModule):
             self.val_urls = expand_shards(self.val_shards)
         if self.encoder is None:
             self.encoder = self.make_encoder()
+        if self.num_workers > 0:  # start the workers' server while the trainer sets up
+            worker_context(self.worker_start, type(self.encoder).__module__)
 
     def make_encoder(self) -> SampleEncoder:
         """The sample -> examples encoder (with ``collate``) of this data set."""
@@ -154,6 +163,7 @@ class ShardDataModule(LightningDataModule):
         options: dict[str, Any] = {"pin_memory": self.pin_memory}
         if num_workers > 0:
             options["prefetch_factor"] = self.prefetch_factor
+            options["multiprocessing_context"] = worker_context(self.worker_start, type(self.encoder).__module__)
         return options
 
     def _start_epoch(self, dataset: ResumableStream) -> None:

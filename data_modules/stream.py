@@ -167,6 +167,8 @@ class EpochLoader:
         return self.dataset.num_batches * self.dataset.num_streams
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # A generator: workers start at the first batch, not at ``iter``. Lightning calls
+        # ``iter`` once just to check a loader that is not a DataLoader is iterable, and
+        # throws the iterator away; an eager one would start (and abandon) a worker pool.
         self.on_epoch(self.dataset)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, **self.loader_options)
-        return iter(loader)
+        yield from DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, **self.loader_options)

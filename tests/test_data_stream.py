@@ -118,3 +118,12 @@ def test_groups_must_split_the_batch():
     with pytest.raises(ValueError, match="batch_size 3 must split evenly"):
         ResumableStream([], encode=encode, collate=dict, on_error=SampleCounter(), batch_size=3, num_batches=1,
                         num_streams=1, shuffle_buffer=1, seed=0, groups=[0, 1])
+
+
+def test_epoch_loader_starts_no_workers_until_the_first_batch(tmp_path):
+    starts = []
+    loader = EpochLoader(stream(write_keyed_shards(tmp_path)), 2, starts.append)
+    iterator = iter(loader)  # what Lightning's iterable check does, then throws away
+    assert starts == []
+    del iterator
+    assert len(list(loader)) == 8 and len(starts) == 1

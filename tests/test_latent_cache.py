@@ -281,8 +281,12 @@ def test_loader_options_are_checked(pairs):
     raw_spec, _ = pairs
     with pytest.raises(ValueError, match="data.prefetch_factor must be >= 1, got 0"):
         CC3MDataModule(raw_spec, prefetch_factor=0)
+    with pytest.raises(ValueError, match="data.worker_start must be one of forkserver, spawn, fork; got 'thread'"):
+        CC3MDataModule(raw_spec, worker_start="thread")
     dm = datamodule(raw_spec, num_workers=2, prefetch_factor=3, pin_memory=False, samples_per_epoch=16)
-    assert dm.loader_options(2) == {"pin_memory": False, "prefetch_factor": 3}
+    options = dm.loader_options(2)
+    assert options.pop("multiprocessing_context").get_start_method() == "forkserver"  # see data_modules.workers
+    assert options == {"pin_memory": False, "prefetch_factor": 3}
     assert dm.loader_options(0) == {"pin_memory": False}  # torch refuses prefetching without workers
     got = [dm.on_before_batch_transfer(b, 0) for b in dm.train_dataloader()]
     assert len(got) == 4 and dm.position.batches == 4 and all(POSITION_KEY not in b for b in got)

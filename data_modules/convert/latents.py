@@ -30,6 +30,7 @@ from data_modules.convert.common import SequenceSummary
 from data_modules.errors import BadSample
 from data_modules.latents import LATENT_SUFFIX, RECORD_FIELD, cache_record, latent_field, moments_to_bytes
 from data_modules.shards import IMAGE_EXTENSIONS, decode_image, expand_shards
+from data_modules.workers import worker_context
 from minigpt5.builders import VAELatents, build_latent_space
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -146,8 +147,9 @@ def encode_latents(
     record = json.dumps(cache_record(cfg.diffusion)).encode()
     out.mkdir(parents=True, exist_ok=True)
     summary = LatentSummary(shards=[str(t) for t in targets], spec=str(out))
-    loader = DataLoader(ShardImages(urls, cfg.diffusion.resolution), batch_size=None,
-                        num_workers=min(num_workers, len(urls)))
+    workers = min(num_workers, len(urls))
+    loader = DataLoader(ShardImages(urls, cfg.diffusion.resolution), batch_size=None, num_workers=workers,
+                        multiprocessing_context=worker_context("forkserver", ShardImages.__module__) if workers else None)
     sinks: dict[int, TarWriter] = {}
     pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]] = []
     for kind, i, *rest in loader:
