@@ -24,6 +24,8 @@ demo: install
 	$(BIN)/minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml
 	@echo "== the tiny language model stand-in (the paper downloads Vicuna), on the world's training text"
 	$(BIN)/minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml
+	@echo "== the tiny image reader stand-in (the paper reads pictures with BLIP-2 and MiniGPT-4's projection, frozen)"
+	$(BIN)/minigpt5 pretrain-vision fit -c configs/tiny_vision.yaml
 	@echo "== stage 1 (UAS): vokens + feature mapper against the frozen tiny SD, under the frozen tiny LM"
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS)
 	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \

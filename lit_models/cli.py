@@ -3,6 +3,7 @@
   minigpt5 fit|validate|test|predict -c configs/uas.yaml ...   LightningCLI on MiniGPT5Module
   minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml            the tiny SD stand-in (demo)
   minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml            the tiny LLM stand-in and its tokenizer (demo)
+  minigpt5 pretrain-vision fit -c configs/tiny_vision.yaml    the tiny image reader stand-in: tower + projection (demo)
   minigpt5 data cc3m|synthetic ...                            shard converters
   minigpt5 generate --ckpt last.ckpt --prompt "..." --out DIR interleaved story (HTML, PNGs, JSON)
   minigpt5 plan -c configs/uas.yaml ... --trainer.devices=8    memory per GPU under each strategy
@@ -33,6 +34,7 @@ from lit_models.language_model import LanguageModelModule
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
+from lit_models.vision_alignment import VisionAlignmentModule
 from lit_models.checkpoint_files import NotACheckpointError, UnsafeCheckpointError
 from minigpt5.builders import WeightsNotFoundError
 from minigpt5.config import ConfigError
@@ -50,7 +52,7 @@ _EXPECTED_WARNINGS = (
     # the data module's state (saved in every checkpoint) holds the stream position, so
     # mid-epoch resumption is exact although Lightning cannot see that from the loader
     r"You're resuming from a checkpoint that ended before the epoch ended",
-    # subcommands (plan, pretrain-sd, pretrain-lm) hand their own argv on: sys.argv holds the same words
+    # subcommands (plan, pretrain-sd, pretrain-lm, pretrain-vision) hand their own argv on: sys.argv holds the same words
     r"LightningCLI's args parameter is intended to run from within Python",
 )
 
@@ -170,6 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_lightning(TextToImageModule, argv[1:])
         elif argv[:1] == ["pretrain-lm"]:
             run_lightning(LanguageModelModule, argv[1:], cli_class=LanguageModelCLI)
+        elif argv[:1] == ["pretrain-vision"]:
+            run_lightning(VisionAlignmentModule, argv[1:])
         else:
             run_lightning(MiniGPT5Module, argv)
     except USER_ERRORS as err:

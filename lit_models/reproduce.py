@@ -90,7 +90,8 @@ class Assets:
 
     def flags(self, stage: int) -> list[str]:
         """The stand-ins and shards of ``stage`` (1 or 2) as ``minigpt5 fit`` flags."""
-        for needed in (self.root / "tiny_sd" / "model", self.root / "tiny_lm" / "model"):
+        reader = self.root / "tiny_vision"
+        for needed in (self.root / "tiny_sd" / "model", self.root / "tiny_lm" / "model", reader / "tower"):
             if not needed.is_dir():
                 raise FileNotFoundError(f"reproduce needs {needed} (run `make demo` first)")
         models = [f"--model.config.llm.path={self.root / 'tiny_lm' / 'model'}",
@@ -98,7 +99,9 @@ class Assets:
         if stage == 1:
             return models + [f"--data.train_shards={self.spec('data', 'train')}",
                              f"--data.val_shards={self.spec('data', 'val')}"]
-        return models + [f"--data.train_shards={self.spec('stories', 'train')},{self.spec('dialogues', 'train')}",
+        return models + [f"--model.config.vision.path={reader / 'tower'}",
+                         f"--model.config.vision.projection_path={reader / 'projection.pth'}",
+                         f"--data.train_shards={self.spec('stories', 'train')},{self.spec('dialogues', 'train')}",
                          f"--data.val_shards={self.spec('stories', 'val')}"]
 
 
@@ -278,7 +281,7 @@ def write_report(out: Path, tables: list[Table], verdicts: list[str], budget: Bu
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="minigpt5 reproduce", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--assets", default="outputs/demo", help="the demo's outputs: shards, tiny_sd, tiny_lm")
+    parser.add_argument("--assets", default="outputs/demo", help="the demo's outputs: shards, tiny_sd, tiny_lm, tiny_vision")
     parser.add_argument("--out", default="outputs/reproduce")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     args = parser.parse_args(argv)

@@ -201,7 +201,8 @@ class MiniGPT5(nn.Module):
             raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
         # Context-image flips come from the global RNG, which training seeds per micro-batch.
         flips = self.training_flips(input_pixels.shape[0], None, input_pixels.device)
-        with torch.no_grad():
+        tower_trains = any(p.requires_grad for p in self.vision.parameters())  # only in pretrain-vision
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
             tokens = self.vision(flip_where(input_pixels, flips))  # (M, k, Dv)
         features = self.input_projection(tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
         if features.shape[0] * features.shape[1] != int(is_image.sum()):

@@ -73,6 +73,12 @@ def load_minigpt4_projection(projection: nn.Linear, path: str) -> None:
         projection.bias.copy_(tensors["bias"])
 
 
+def save_minigpt4_projection(projection: nn.Linear, path: str) -> None:
+    """Write ``projection`` as MiniGPT-4 saves its trainable tensors, readable as ``vision.projection_path``."""
+    state = {f"llama_proj.{name}": tensor.detach().cpu().clone() for name, tensor in projection.state_dict().items()}
+    torch.save({"model": state}, path)
+
+
 def build_input_projection(width: int, hidden: int, path: Optional[str]) -> nn.Linear:
     """The projection from ``width``-wide image tokens to the LLM's ``hidden`` width, from MiniGPT-4
     at ``path`` when given; built on the meta device (no weights to read) it is left as is."""

@@ -72,6 +72,7 @@ class VisionTower(nn.Module):
             model = model_class(load_pretrained("vision tower config", source, AutoConfig.from_pretrained)).to(dtype)
         else:
             model = load_pretrained(f"{cfg.kind} vision tower", cfg.path, model_class.from_pretrained, dtype=dtype)
+        self.hf_config = model.config
         self.image_size, self.num_tokens, self.width = geometry(cfg.kind, model.config)
         if cfg.kind == "clip":
             self.encoder = model
@@ -84,6 +85,17 @@ class VisionTower(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.encoder.parameters()).dtype
+
+    def save_pretrained(self, directory: str) -> None:
+        """The tower in Hugging Face layout, loadable as ``vision.path``: CLIP's vision model,
+        or a BLIP-2 retrieval model around this ViT, Q-Former and queries (its retrieval heads
+        as built: nothing here reads them)."""
+        if self.kind == "clip":
+            self.encoder.save_pretrained(directory)
+            return
+        model = Blip2ForImageTextRetrieval(self.hf_config)
+        model.vision_model, model.qformer, model.query_tokens = self.encoder, self.qformer, self.query_tokens
+        model.save_pretrained(directory)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(pixel_values=pixels.to(self.dtype)).last_hidden_state  # (N, P, Dv)

@@ -14,7 +14,7 @@ from lit_models.reproduce import VARIANTS
 
 
 def demo_assets(root) -> None:
-    """What `make demo` writes before stage 1, at a few steps each: shards and the two stand-ins."""
+    """What `make demo` writes before stage 1, at a few steps each: shards and the three stand-ins."""
     write_synthetic(root / "data", num=16, val_num=4, size=16, shard_size=16)
     for layout in ("stories", "dialogues"):
         write_synthetic(root / layout, num=8, val_num=3, hard_num=3, size=16, shard_size=8, layout=layout)
@@ -27,6 +27,11 @@ def demo_assets(root) -> None:
     assert main(["pretrain-lm", "fit", "-c", "configs/tiny_lm.yaml", *quiet,
                  f"--trainer.default_root_dir={root / 'tiny_lm'}", f"--model.export_dir={root / 'tiny_lm' / 'model'}",
                  f"--data.init_args.train_shards={corpus}", "--data.init_args.val_shards=null"]) == 0
+    assert main(["pretrain-vision", "fit", "-c", "configs/tiny_vision.yaml", *quiet,
+                 f"--trainer.default_root_dir={root / 'tiny_vision'}", f"--model.export_dir={root / 'tiny_vision'}",
+                 f"--model.config.llm.path={root / 'tiny_lm' / 'model'}",
+                 f"--data.init_args.train_shards={root / 'data' / 'train-000000.tar'}",
+                 "--data.init_args.val_shards=null"]) == 0
 
 
 @pytest.mark.slow
