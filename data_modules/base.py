@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import asdict
 from typing import Any, Optional, Union
@@ -15,9 +16,11 @@ from data_modules.latents import LATENT_MODES, LatentMode
 from data_modules.shards import (
     SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, expand_shards,
 )
-from data_modules.stream import POSITION_KEY, EpochLoader, ResumableStream, StreamPosition
+from data_modules.stream import FAULTS_KEY, POSITION_KEY, DataFaults, EpochLoader, ResumableStream, StreamPosition
 from data_modules.workers import START_METHODS, worker_context
 from minigpt5.config import MiniGPT5Config
+
+log = logging.getLogger(__name__)
 
 
 class ShardDataModule(LightningDataModule):
@@ -64,6 +67,7 @@ class ShardDataModule(LightningDataModule):
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
         worker_start: str = "forkserver",
+        max_bad_share: float = 0.1,
     ) -> None:
         """``stream_groups``: independent training streams, split evenly over ranks (None: one
         per rank). Runs with the same value and global batch see the same samples per step at
@@ -71,7 +75,9 @@ class ShardDataModule(LightningDataModule):
         ``batch_size`` per rank. ``model_config`` is linked from ``model.config`` by the CLI;
         None means the tiny default. ``worker_start``: how DataLoader workers start
         (:mod:`data_modules.workers`; "fork" only for a script that cannot be re-imported,
-        such as a notebook, at the risk that explains the default)."""
+        such as a notebook, at the risk that explains the default). ``max_bad_share``: training
+        stops with DataFaultError once more than this share of the samples read were bad
+        (checked from 50 samples on); shards cut short are skipped, logged and counted."""
         super().__init__()
         if (batch_size < 1 or samples_per_epoch < 1 or num_workers < 0 or (val_samples is not None and val_samples < 1)
                 or (stream_groups is not None and stream_groups < 1)):
@@ -84,6 +90,8 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"data.latents must be one of {', '.join(LATENT_MODES)}; got {latents!r}")
         if prefetch_factor < 1:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
+        if not 0 <= max_bad_share <= 1:
+            raise ValueError(f"data.max_bad_share must be in [0, 1], got {max_bad_share}")
         if worker_start not in START_METHODS:
             raise ValueError(f"data.worker_start must be one of {', '.join(START_METHODS)}; got {worker_start!r}")
         self.train_shards = train_shards
@@ -101,6 +109,9 @@ class ShardDataModule(LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_val_workers = persistent_val_workers
         self.worker_start = worker_start
+        self.max_bad_share = max_bad_share
+        self.faults = DataFaults()  # this rank's, since this run started
+        self.faults_before = DataFaults()  # every rank's, before this run resumed
         self.counter = SampleCounter()
         self.position = StreamPosition()
         self.encoder: Optional[SampleEncoder] = None
@@ -177,6 +188,10 @@ class ShardDataModule(LightningDataModule):
         position = batch.pop(POSITION_KEY, None)
         if position is not None:
             self.position.advance(position.tolist())
+        faults = batch.pop(FAULTS_KEY, None)
+        if faults is not None:
+            self.faults = self.faults.add(DataFaults(*faults.tolist()))
+            self.faults_before.add(self.faults).check(self.max_bad_share)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,12 +200,18 @@ class ShardDataModule(LightningDataModule):
         builds the checkpoint on every rank)."""
         _, world_size = self._rank_and_world()
         position = copy.deepcopy(self.position)
+        faults = self.faults_before.add(self.faults)
         if world_size > 1:
-            positions: list[Any] = [None] * world_size
-            torch.distributed.all_gather_object(positions, self.position)
-            for other in positions:
+            states: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(states, (self.position, self.faults))
+            faults = self.faults_before
+            for other, other_faults in states:
                 position.merge(other)
-        return {"stream_position": asdict(position), "stream_groups": self._groups()[0]}
+                faults = faults.add(other_faults)
+        level = logging.WARNING if faults.bad_samples or faults.bad_shards else logging.INFO  # warn of a fault
+        log.log(level, "training data so far: %d samples read, %d bad ones skipped, %d shards cut short",
+                faults.read, faults.bad_samples, faults.bad_shards)
+        return {"stream_position": asdict(position), "stream_groups": self._groups()[0], "data_faults": asdict(faults)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         groups = self._groups()[0]
@@ -201,6 +222,7 @@ class ShardDataModule(LightningDataModule):
                 f"number; set --data.stream_groups={state_dict['stream_groups']} (a multiple of the world size) "
                 "or start a new run from the weights with --model.init_from=<checkpoint>"
             )
+        self.faults_before, self.faults = DataFaults(**state_dict.get("data_faults", {})), DataFaults()
         saved = state_dict["stream_position"]
         raw = {int(g): {int(k): v for k, v in streams.items()} for g, streams in saved["raw"].items()}
         self.position = StreamPosition(saved["epoch"], saved["batches"], raw)

@@ -101,6 +101,7 @@ class CorpusDataModule(ShardDataModule):
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
         worker_start: str = "forkserver",
+        max_bad_share: float = 0.1,
     ) -> None:
         """``max_length``: longest example in tokens, ``<s>`` and ``</s>`` included (the CLI
         links it to the model's ``config.max_positions``)."""
@@ -108,7 +109,7 @@ class CorpusDataModule(ShardDataModule):
             train_shards, val_shards, batch_size=batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer,
             samples_per_epoch=samples_per_epoch, val_samples=val_samples, seed=seed, stream_groups=stream_groups,
             prefetch_factor=prefetch_factor, pin_memory=pin_memory, persistent_val_workers=persistent_val_workers,
-            worker_start=worker_start,
+            worker_start=worker_start, max_bad_share=max_bad_share,
         )
         if max_length < 3:
             raise ValueError(f"data.max_length must be >= 3 (<s>, a word, </s>), got {max_length}")

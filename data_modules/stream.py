@@ -22,15 +22,47 @@ the raw samples that stream already read (before decoding) and carries on, so ba
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+
+from data_modules.shard_reader import ShardError, read_shard
+
+log = logging.getLogger(__name__)
 
 POSITION_KEY = "__stream_position__"
+FAULTS_KEY = "__stream_faults__"  # per batch: raw samples read for it, of which bad, and shards cut short
+
+
+class DataFaultError(RuntimeError):
+    """The training data fails too often to train on (broken data, not a few bad samples)."""
+
+
+@dataclass
+class DataFaults:
+    """Raw samples read, bad samples skipped and shards cut short (unreadable, truncated, vanished)."""
+
+    read: int = 0
+    bad_samples: int = 0
+    bad_shards: int = 0
+
+    def add(self, other: "DataFaults") -> "DataFaults":
+        return DataFaults(self.read + other.read, self.bad_samples + other.bad_samples,
+                          self.bad_shards + other.bad_shards)
+
+    def check(self, max_bad_share: float, min_read: int = 50) -> None:
+        """DataFaultError once at least ``min_read`` samples were read and more than
+        ``max_bad_share`` of them were bad."""
+        if self.read >= min_read and self.bad_samples > max_bad_share * self.read:
+            raise DataFaultError(
+                f"{self.bad_samples} of {self.read} training samples were bad ({self.bad_samples / self.read:.0%}), "
+                f"more than data.max_bad_share={max_bad_share:g}; {self.bad_shards} shards were cut short. The "
+                "warnings above name each sample and shard: fix the data, or raise data.max_bad_share"
+            )
 
 
 @dataclass
@@ -109,11 +141,34 @@ class ResumableStream(IterableDataset):
     def _rng(self, group: int, stream: int, purpose: str) -> random.Random:
         return random.Random(f"{self.seed}/{self.epoch}/{group}/{stream}/{purpose}")
 
-    def raw_samples(self, group: int, stream: int) -> Iterator[dict[str, Any]]:
-        """The shuffled, undecoded samples of one logical stream of a group (endless)."""
+    def raw_samples(self, group: int, stream: int, faults: DataFaults) -> Iterator[dict[str, Any]]:
+        """The shuffled, undecoded samples of one logical stream of a group (endless). A shard
+        that cannot be read to its end (truncated, gone; :mod:`data_modules.shard_reader`)
+        gives the samples before the fault, is logged and counted in ``faults``, and the
+        stream goes on with its next draw; when ``2 * len(urls)`` draws in a row give no
+        sample, DataFaultError."""
         shard_rng = self._rng(group, stream, "shards")
-        shards = ({"url": shard_rng.choice(self.urls)} for _ in iter(int, 1))
-        return buffered_shuffle(tarfile_samples(shards), self.shuffle_buffer, self._rng(group, stream, "shuffle"))
+
+        def samples() -> Iterator[dict[str, Any]]:
+            empty_in_a_row, last = 0, "none"
+            while True:
+                url = shard_rng.choice(self.urls)
+                read = 0
+                try:
+                    for sample in read_shard(url):
+                        read += 1
+                        yield sample
+                except ShardError as err:
+                    faults.bad_shards += 1
+                    log.warning("skipped the rest of a shard (%d so far in stream %d of group %d): %s",
+                                faults.bad_shards, stream, group, err)
+                    last = str(err)
+                empty_in_a_row = 0 if read else empty_in_a_row + 1
+                if empty_in_a_row >= 2 * len(self.urls):
+                    raise DataFaultError(f"the last {empty_in_a_row} shards drawn gave no sample (the last error: {last}); "
+                                         "are the shards still there?")
+
+        return buffered_shuffle(samples(), self.shuffle_buffer, self._rng(group, stream, "shuffle"))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -123,10 +178,12 @@ class ResumableStream(IterableDataset):
         # Batches of this logical stream already consumed: global indices j < done with j % W == stream.
         produced = max(0, -(-(done - stream) // self.num_streams))
         raw_read = {g: self.resume.raw.get(g, {}).get(stream, 0) if done else 0 for g in self.groups}
-        samples = {g: self.raw_samples(g, stream) for g in self.groups}
+        faults = DataFaults()  # since the last batch
+        samples = {g: self.raw_samples(g, stream, faults) for g in self.groups}
         for g in self.groups:
             for _ in range(raw_read[g]):
                 next(samples[g])
+        faults.bad_shards = 0  # what the resume skip re-read was counted before the restart
         share = self.batch_size // len(self.groups)
         for i in range(produced, self.num_batches):
             batch: list[Any] = []
@@ -135,13 +192,17 @@ class ResumableStream(IterableDataset):
                 while len(batch) - start < share:
                     sample = next(samples[g])
                     raw_read[g] += 1
+                    faults.read += 1
                     try:
                         batch.extend(self.encode(sample))
                     except Exception as exc:  # on_error logs, counts and skips, or re-raises
                         self.on_error(exc)
+                        faults.bad_samples += 1
             out = self.collate(batch)
             per_group = [v for g in self.groups for v in (g, raw_read[g])]
             out[POSITION_KEY] = torch.tensor([self.epoch, i * self.num_streams + stream, stream, *per_group])
+            out[FAULTS_KEY] = torch.tensor([faults.read, faults.bad_samples, faults.bad_shards])
+            faults.read = faults.bad_samples = faults.bad_shards = 0
             yield out
 
 

@@ -27,21 +27,34 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 TEMP_SUFFIX = ".partial"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, directory unwritable): the file it would
+    have replaced is untouched."""
+
+
 def atomic_torch_save(obj: Any, path: _PATH) -> None:
     """``torch.save(obj, path)`` through a fsynced temporary file in the same directory."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)  # left by a save that was killed
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)  # left by a save that was killed
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as err:
+        raise CheckpointWriteError(err.errno, f"could not write checkpoint '{target}': {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as err:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = "the previous file there is untouched" if target.exists() else "nothing was left there"
+            raise CheckpointWriteError(
+                err.errno, f"could not write checkpoint '{target}': {err.strerror or err}; {kept}"
+            ) from err
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:

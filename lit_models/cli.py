@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from argparse import ArgumentError
 import warnings
 from typing import Any, Optional
 
@@ -30,12 +31,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from data_modules.stream import DataFaultError
 from lit_models.language_model import LanguageModelModule
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
 from lit_models.text_to_image import TextToImageModule
 from lit_models.vision_alignment import VisionAlignmentModule
 from lit_models.checkpoint_files import NotACheckpointError, UnsafeCheckpointError
+from lit_models.checkpoint_io import CheckpointWriteError
 from minigpt5.builders import WeightsNotFoundError
 from minigpt5.config import ConfigError
 from minigpt5.fingerprint import FrozenPartsChanged
@@ -121,7 +124,8 @@ def run_lightning(
         model_class,
         run=run,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        # Parse errors raise (ArgumentError) instead of printing the whole usage: ``main`` prints one line.
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
         save_config_kwargs={"overwrite": True},
         # Always on; a no-op unless SLURMEnvironment(auto_requeue=True) installed a handler.
         trainer_defaults={"callbacks": [RequeueAtStepBoundary()]},
@@ -132,7 +136,7 @@ def run_lightning(
 # Errors that are the user's (a config value, a missing or unfit file), not a bug: one line and
 # exit code 2 from the Lightning subcommands; ``--debug`` shows the traceback instead.
 USER_ERRORS = (ConfigError, WeightsNotFoundError, FileNotFoundError, FrozenPartsChanged, NotACheckpointError,
-               UnsafeCheckpointError)
+               UnsafeCheckpointError, DataFaultError, CheckpointWriteError)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -180,6 +184,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if debug:
             raise
         print(f"minigpt5 {argv[0] if argv else ''}: error: {err}", file=sys.stderr)
+        return 2
+    except ArgumentError as err:  # a bad flag or config key/value, as jsonargparse words it
+        if debug:
+            raise
+        words = " ".join(a for a in argv[:2] if not a.startswith("-"))
+        print(f"minigpt5 {words}: error: {err} (`minigpt5 {words} --help` lists the options)", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import logging
 import os
 import warnings
@@ -124,14 +125,31 @@ class MiniGPT5Module(LightningModule):
         offset, text_share = self.rank_shares(batch)
         generators = self.sample_generators(batch_idx, offset, target_count(batch))
         total, losses = self.model_step(batch, generators, text_share)
-        if not torch.isfinite(total):
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise NonFiniteLossError(
-                f"non-finite training loss at global step {self.global_step} (batch {batch_idx}): "
-                f"total={total.item()}, {detail}. Training stopped; no checkpoint was written for this step."
-            )
+        self.stop_if_not_finite(total, losses, batch_idx)
         self._log_losses("train", total, losses, batch["input_ids"].shape[0])
         return total
+
+    def stop_if_not_finite(self, total: torch.Tensor, losses: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """NonFiniteLossError before the backward pass when the loss is NaN or inf on any rank.
+        The ranks compare their losses (one scalar gathered per step), so all of them stop at
+        the same step with the same message, and none waits in a collective for a rank that left."""
+        world = self.trainer.world_size
+        totals = self.all_gather(total.detach()).flatten().tolist() if world > 1 else [total.item()]
+        bad = [rank for rank, value in enumerate(totals) if not math.isfinite(value)]
+        if not bad:
+            return
+        where = f"global step {self.global_step} (batch {batch_idx})"
+        if world == 1:
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(f"non-finite training loss at {where}: total={totals[0]}, {detail}. Training "
+                                     "stopped; no checkpoint was written for this step.")
+        if self.global_rank in bad:
+            log.error("rank %d: non-finite loss terms %s", self.global_rank,
+                      ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        raise NonFiniteLossError(
+            f"non-finite training loss at {where} on rank(s) {bad} of {world} (total per rank: {totals}). Training "
+            "stopped on every rank; no checkpoint was written for this step."
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Fixed noise per batch index so validation losses are comparable across epochs.

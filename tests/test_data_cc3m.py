@@ -12,7 +12,7 @@ from lightning import LightningModule, Trainer
 from PIL import Image
 
 from data_modules.cc3m import CC3MDataModule
-from data_modules.stream import POSITION_KEY
+from data_modules.stream import FAULTS_KEY, POSITION_KEY, DataFaults
 from data_modules.synthetic import COLOURS, colour_of, write_synthetic
 from data_modules.writer import write_shards
 from minigpt5.losses import IGNORE_INDEX
@@ -53,8 +53,8 @@ def test_train_batches_keys_shapes_and_dtypes(shards):
     assert len(batches) == len(loader) == 3  # 12 samples per epoch / batch 4, one rank, no workers
     cfg = dm.model_config
     for index, batch in enumerate(batches):
-        assert set(batch) == BATCH_KEYS | {POSITION_KEY}
-        batch = dm.on_before_batch_transfer(batch, 0)  # the stream position is the data module's
+        assert set(batch) == BATCH_KEYS | {POSITION_KEY, FAULTS_KEY}
+        batch = dm.on_before_batch_transfer(batch, 0)  # the stream position and fault counts are the data module's
         assert set(batch) == BATCH_KEYS and dm.position.batches == index + 1
         B, T = batch["input_ids"].shape
         assert B == 4 and T <= cfg.llm.max_length
@@ -66,7 +66,7 @@ def test_train_batches_keys_shapes_and_dtypes(shards):
         assert batch["caption_ids"].shape == (B, cfg.diffusion.text_max_length)
         assert batch["caption_ids"].dtype == torch.long
         assert len(batch["captions"]) == B and all(colour_of(c) in COLOURS for c in batch["captions"])
-    assert dm.counter.bad == 0
+    assert dm.counter.bad == 0 and dm.faults == DataFaults(read=12, bad_samples=0, bad_shards=0)
 
 
 def test_labels_mask_bos_padding_and_forced_vokens(shards):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from data_modules.synthetic import SyntheticShards, synthetic_samples
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
@@ -23,6 +24,9 @@ def with_bad_samples(samples, every: int):
         yield sample
 
 
+BAD_SHARE = "--data.max_bad_share=0.5"  # a third of these shards is corrupt on purpose (the default stops at 0.1)
+
+
 @pytest.fixture(scope="module")
 def shards_with_bad_samples(tmp_path_factory) -> str:
     """64 caption/image samples in 4 shards, every 3rd one corrupt.
@@ -37,7 +41,8 @@ def shards_with_bad_samples(tmp_path_factory) -> str:
 
 
 def ddp_args(train: str, root: Path, overlay: str, steps: int) -> list[str]:
-    return fit_args(SyntheticShards(train=train, val=None), root, overlay, steps) + DDP + ["--data.batch_size=2"]
+    return fit_args(SyntheticShards(train=train, val=None), root, overlay, steps) + DDP + ["--data.batch_size=2",
+                                                                                         BAD_SHARE]
 
 
 @pytest.mark.slow
@@ -69,7 +74,8 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with
     steps, kill_at, groups = 4, 2, ["--data.stream_groups=2", "--model.optim.eps=1e-4"]
 
     def one_process(root: Path, overlay: str) -> list[str]:
-        return fit_args(SyntheticShards(train=shards_with_bad_samples, val=None), root, overlay, steps) + groups
+        return fit_args(SyntheticShards(train=shards_with_bad_samples, val=None), root, overlay, steps) + groups + [
+            BAD_SHARE]
 
     single = cli(one_process(tmp_path / "one", run_config(tmp_path)))
     assert single.returncode == 0, single.stderr[-3000:]
@@ -84,3 +90,20 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(shards_with
     resumed = cli(one_process(tmp_path / "moved", run_config(tmp_path)) + ["--ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_trained_alike(trainable_weights(tmp_path / "moved" / "checkpoints" / "last.ckpt"), one)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step_without_its_checkpoint(shards_with_bad_samples, tmp_path):
+    overlay = tmp_path / "nan.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": False, "callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "save_last": True}},
+        {"class_path": "faults.NaNOnRankAtStep", "init_args": {"step": 3, "rank": 1}}]}}))
+    result = cli(ddp_args(shards_with_bad_samples, tmp_path / "run", str(overlay), 8))
+    assert result.returncode != 0
+    message = ("non-finite training loss at global step 3 (batch 3) on rank(s) [1] of 2 (total per rank: [")
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "rank 1: non-finite loss terms" in result.stderr  # the bad rank says which term
+    steps = sorted(torch.load(p, map_location="cpu", weights_only=False)["global_step"]
+                   for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert steps and max(steps) == 3, steps  # saved after steps 1-3; the failed fourth step saved nothing
