@@ -1,9 +1,9 @@
-"""Callbacks that break the training data while a run is under way (used by the fault tests)."""
+"""Callbacks that break a run under way: its shards, its disk, one rank's loss (used by the fault tests)."""
 
 import errno
 import os
 
-import torch
+from kill_switch import KillDuringSave
 from lightning.pytorch import Callback
 
 
@@ -20,21 +20,15 @@ class DeleteFilesAtStep(Callback):
                     os.remove(path)
 
 
-class DiskFullAtStep(Callback):
-    """The disk fills up half-way through writing the checkpoint saved after optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Checkpoint callbacks run after this one, so their save meets the patched torch.save.
-        if trainer.global_step == self.step:
-            torch.save = _write_half_then_fill_the_disk
-
-
-def _write_half_then_fill_the_disk(obj, f, *args, **kwargs) -> None:
+def _write_some_then_fill_the_disk(obj, f, *args, **kwargs) -> None:
     f.write(b"\0" * 1024)
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class DiskFullAtStep(KillDuringSave):
+    """The disk fills up part-way through writing the checkpoint saved after optimizer step ``step``."""
+
+    save = staticmethod(_write_some_then_fill_the_disk)
 
 
 class NaNOnRankAtStep(Callback):

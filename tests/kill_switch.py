@@ -22,18 +22,6 @@ class KillAtStep(Callback):
             os._exit(17)
 
 
-class KillDuringSave(Callback):
-    """Dies half-way through writing the checkpoint saved after optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Checkpoint callbacks run after this one, so their save meets the patched torch.save.
-        if trainer.global_step == self.step:
-            torch.save = _write_half_then_die
-
-
 def _write_half_then_die(obj, f, *args, **kwargs) -> None:
     buffer = io.BytesIO()
     _torch_save(obj, buffer, *args, **kwargs)
@@ -41,6 +29,21 @@ def _write_half_then_die(obj, f, *args, **kwargs) -> None:
     f.write(data[: len(data) // 2])
     f.flush()
     os._exit(17)
+
+
+class KillDuringSave(Callback):
+    """Dies half-way through writing the checkpoint saved after optimizer step ``step``
+    (subclasses strike differently: ``save`` replaces ``torch.save`` for that write)."""
+
+    save = staticmethod(_write_half_then_die)
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Checkpoint callbacks run after this one, so their save meets the patched torch.save.
+        if trainer.global_step == self.step:
+            torch.save = self.save
 
 
 class SignalAtStep(Callback):
