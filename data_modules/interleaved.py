@@ -50,7 +50,34 @@ def read_record(sample: dict[str, Any]) -> dict[str, Any]:
         raise BadSample(sample, f"unreadable .json: {err}") from err
     if not isinstance(record, dict):
         raise BadSample(sample, f".json is a {type(record).__name__}, not an object")
+    for name, fields in (("steps", _STEP_FIELDS), ("turns", _TURN_FIELDS)):
+        if name in record:
+            problem = _shape_problem(record[name], fields)
+            if problem:
+                raise BadSample(sample, f".json '{name}' {problem}")
     return record
+
+
+# The record fields the readers use, with their types (a list type: a list of strings).
+_STEP_FIELDS: dict[str, Any] = {"text": str, "image": str}
+_TURN_FIELDS: dict[str, Any] = {"text": str, "images": list, "index": int}
+
+
+def _shape_problem(items: Any, fields: dict[str, Any]) -> str:
+    """What is wrong with a steps/turns list (a list of objects whose ``fields`` have their types), or ""."""
+    if not isinstance(items, list):
+        return f"is a {type(items).__name__}, not a list"
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"item {i} is a {type(item).__name__}, not an object"
+        for name, kind in fields.items():
+            value = item.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, kind) or isinstance(value, bool) or (
+                    kind is list and not all(isinstance(v, str) for v in value)):
+                return f"item {i}: '{name}' is {type(value).__name__} {str(value)[:40]!r}, not {kind.__name__}"
+    return ""
 
 
 def _check_members(sample: dict[str, Any], names: list[str]) -> None:

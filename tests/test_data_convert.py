@@ -101,7 +101,7 @@ def test_cli_subcommands(tmp_path, capsys):
     assert main(["cc3m", "--tsv", str(tmp_path / "x.tsv"), "--out", str(tmp_path / "cc3m"), "--shard-size", "5"]) == 0
     assert "written 1" in capsys.readouterr().out
 
-    assert main(["cc3m", "--tsv", str(tmp_path / "absent.tsv"), "--out", str(tmp_path / "o")]) == 1
+    assert main(["cc3m", "--tsv", str(tmp_path / "absent.tsv"), "--out", str(tmp_path / "o")]) == 2
     assert "absent.tsv" in capsys.readouterr().err
 
 

@@ -172,5 +172,5 @@ def test_cli_mmdialog(tmp_path, capsys):
     args = ["mmdialog", "--dialogues", str(tmp_path / "d.txt"), "--images", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(args + ["--shard-size", "3"]) == 0
     assert "dialogues 1: written 1, skipped 0; 2 turns and 1 images written" in capsys.readouterr().out
-    assert main(["mmdialog", "--dialogues", str(tmp_path / "no.txt"), "--images", str(tmp_path), "--out", "o"]) == 1
+    assert main(["mmdialog", "--dialogues", str(tmp_path / "no.txt"), "--images", str(tmp_path), "--out", "o"]) == 2
     assert "no.txt" in capsys.readouterr().err

@@ -190,5 +190,5 @@ def test_cli_vist(tmp_path, capsys):
     args = ["vist", "--stories", str(stories), "--images-map", str(mapping), "--out", str(tmp_path / "out")]
     assert main(args + ["--shard-size", "5"]) == 0
     assert "stories 1: written 1" in capsys.readouterr().out
-    assert main(["vist", "--stories", str(tmp_path / "no.json"), "--images-map", str(mapping), "--out", "x"]) == 1
+    assert main(["vist", "--stories", str(tmp_path / "no.json"), "--images-map", str(mapping), "--out", "x"]) == 2
     assert "no.json" in capsys.readouterr().err

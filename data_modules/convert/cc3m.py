@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from data_modules.convert.common import jpeg_bytes
+from data_modules.convert.common import jpeg_bytes, text_lines
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,15 @@ class ConversionSummary:
 
 
 def _samples(
-    lines: Iterator[str], tsv: Path, image_root: Path, summary: ConversionSummary
+    lines: Iterator[tuple[int, Optional[str]]], tsv: Path, image_root: Path, summary: ConversionSummary
 ) -> Iterator[dict[str, Any]]:
     """wds samples of the good data rows (``lines`` after the header); counts and logs the others."""
-    for lineno, line in enumerate(lines, start=2):
+    for lineno, line in lines:
         summary.rows += 1
+        if line is None:
+            summary.malformed += 1
+            log.warning("%s:%d: skipped row that is not UTF-8 text", tsv, lineno)
+            continue
         columns = line.rstrip("\r\n").split("\t")
         if len(columns) != 2 or not columns[0].strip() or not columns[1].strip():
             summary.malformed += 1
@@ -91,10 +95,10 @@ def convert_cc3m(
     summary = ConversionSummary()
     root = Path(image_root) if image_root is not None else tsv.parent
     pattern = str(out / f"{SHARD_NUMBER}.tar")
-    with tsv.open(encoding="utf-8-sig") as lines:  # universal newlines: \r\n is fine
-        header = next(lines, "").rstrip("\r\n").split("\t")
-        if header != HEADER:
-            raise ValueError(f"{tsv}:1: expected the header {'<TAB>'.join(HEADER)!r}, got {header}")
-        summary.shards = write_shards(pattern, _samples(lines, tsv, root, summary), shard_size)
+    lines = text_lines(tsv)  # \r\n is fine: rows are stripped
+    header = (next(lines, (1, ""))[1] or "").rstrip("\r\n").split("\t")
+    if header != HEADER:
+        raise ValueError(f"{tsv}:1: expected the header {'<TAB>'.join(HEADER)!r}, got {header}")
+    summary.shards = write_shards(pattern, _samples(lines, tsv, root, summary), shard_size)
     summary.spec = brace_spec(pattern, len(summary.shards)) if summary.shards else None
     return summary

@@ -94,5 +94,5 @@ def main(argv: list[str]) -> int:
                   + (f"\nhard shards: {shards.hard}" if shards.hard else ""))
     except (FileNotFoundError, ValueError) as err:
         print(f"minigpt5 data {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0

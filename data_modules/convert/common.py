@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Optional, Union
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Union
 
 from PIL import Image
 
@@ -100,6 +100,19 @@ def read_image(
     except Exception as err:  # PIL signals corrupt data with many exception types
         summary.problem(log, "corrupt_image", where, f"corrupt image {path}: {err.__class__.__name__}: {err}{then}")
         return "corrupt_image"
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, Optional[str]]]:
+    """(line number, text) of each line of ``path`` (UTF-8, a leading BOM dropped, newlines
+    kept); text is None for a line that is not UTF-8, for the caller to count and skip."""
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield lineno, None
 
 
 def check_shard_size(shard_size: int) -> None:

@@ -45,6 +45,7 @@ from data_modules.convert.common import (
     check_shard_size,
     read_image,
     safe_key,
+    text_lines,
     write_summary_shards,
 )
 
@@ -91,14 +92,20 @@ def _parse(record: Any) -> tuple[Any, list[Turn]]:
     return cid, turns
 
 
-def _samples(lines: Iterator[str], path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dict[str, Any]]:
+def _samples(
+    lines: Iterator[tuple[int, Optional[str]]], path: Path, images: Path, summary: MMDialogSummary
+) -> Iterator[dict[str, Any]]:
     """wds samples of the usable dialogues; counts and logs the problems, dropped parts and skipped dialogues."""
     owners: dict[str, int] = {}  # sample key -> line that took it
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
+    for lineno, line in lines:
+        if line is not None and not line.strip():
             continue  # blank line: no record
         summary.read += 1
         where = f"{path}:{lineno}"
+        if line is None:
+            summary.problem(log, "bad_text", where, "not UTF-8 text")
+            summary.skip(log, "bad_text", where, "line not UTF-8 text")
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -163,5 +170,5 @@ def convert_mmdialog(
     if not images.is_dir():
         raise FileNotFoundError(f"MMDialog images folder not found: {images}")
     summary = MMDialogSummary()
-    with dialogues.open(encoding="utf-8-sig") as lines:
-        return write_summary_shards(Path(out), _samples(lines, dialogues, images, summary), shard_size, summary)
+    return write_summary_shards(Path(out), _samples(text_lines(dialogues), dialogues, images, summary), shard_size,
+                                summary)

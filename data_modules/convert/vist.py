@@ -66,6 +66,8 @@ def _load_object(path: Path, what: str) -> dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object ({what}), got {type(data).__name__}")
     return data
