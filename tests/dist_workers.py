@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from pathlib import Path
@@ -139,3 +140,53 @@ def fsdp2_worker(rank: int, world_size: int, port: int, steps: int, out: str) ->
                Path(out) / f"fsdp2_rank{rank}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def deepspeed_kill_worker(rank: int, world_size: int, port: int, out: str, kill: bool) -> None:
+    """ZeRO 2 over the tiny module: 2 steps and a save (the "before" tag), one more step, then a
+    second save that, when ``kill``, dies half-way through on every rank; without ``kill`` the
+    checkpoint in ``out`` is loaded into a fresh engine and what it holds is written to ``out``."""
+    set_rank_env(rank, world_size, port)
+    import deepspeed
+
+    from lit_models.deepspeed_checkpoints import save_in_new_tag
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    module = tiny_module()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    config = {"train_micro_batch_size_per_gpu": len(CAPTIONS) // world_size, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0}
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(trainable), config=config)
+    barrier = torch.distributed.barrier
+    if not kill:
+        # Trainable weights only in the file (as Lightning saves them), so not strict, as Lightning loads them.
+        _, client = engine.load_checkpoint(out, load_optimizer_states=True, load_module_strict=False)
+        torch.save({"client": client, "trainable": trainable_state(module)}, Path(out) / f"loaded_rank{rank}.pt")
+        barrier()
+        torch.distributed.destroy_process_group()
+        return
+
+    def step_fn(batch, step):
+        engine.backward(sample_losses(module, batch, step, rank, world_size))
+        engine.step()
+
+    run_steps(step_fn, module, rank, world_size, 2)
+    save_in_new_tag(engine, out, "before", {"step": 2}, exclude_frozen_parameters=True, is_global_zero=rank == 0,
+                    barrier=barrier)
+    torch.save(trainable_state(module), Path(out) / f"saved_rank{rank}.pt")
+    run_steps(step_fn, module, rank, world_size, 1)
+    real_save = engine.checkpoint_engine.save
+
+    def die_half_way(state_dict, path):  # the first file of the new tag is written in part, then the job dies
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        os._exit(17)
+
+    engine.checkpoint_engine.save = die_half_way
+    try:
+        save_in_new_tag(engine, out, "after", {"step": 3}, exclude_frozen_parameters=True, is_global_zero=rank == 0,
+                        barrier=barrier)
+    finally:
+        engine.checkpoint_engine.save = real_save

@@ -117,3 +117,20 @@ def test_fsdp2_full_trainable_state_dict_matches_one_process(reference, tmp_path
     assert all(torch.equal(result["frozen_after"][k], result["frozen_before"][k]) for k in result["frozen_before"])
     assert_close_weights(result["trainable"], reference)
     assert not torch.equal(result["trainable"]["model.mapper.out.weight"], dist_workers.tiny_module().state_dict()["model.mapper.out.weight"])
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_deepspeed_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.mkdir()
+    with pytest.raises(mp.ProcessExitedException):  # every rank dies half-way through the second save
+        mp.spawn(dist_workers.deepspeed_kill_worker, args=(2, dist_workers.free_port(), str(ckpt), True), nprocs=2)
+    assert (ckpt / "latest").read_text() == "before"
+    assert (ckpt / "after").is_dir()  # the killed save's partial tag, never named by latest
+
+    mp.spawn(dist_workers.deepspeed_kill_worker, args=(2, dist_workers.free_port(), str(ckpt), False), nprocs=2)
+    for rank in range(2):
+        loaded = torch.load(ckpt / f"loaded_rank{rank}.pt", weights_only=False)
+        assert loaded["client"]["step"] == 2
+        assert_close_weights(loaded["trainable"], torch.load(ckpt / f"saved_rank{rank}.pt", weights_only=False))
+    assert_close_weights(export_trainable(ckpt, tmp_path / "w.safetensors"), loaded["trainable"])

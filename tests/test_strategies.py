@@ -16,6 +16,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from lit_models.cli import run_lightning
 from lit_models.module import MiniGPT5Module
+from lit_models.deepspeed_checkpoints import MiniGPT5DeepSpeedStrategy
 from lit_models.strategies import MiniGPT5FSDPStrategy, MiniGPT5WrapPolicy, check_unit_dtypes, find_minigpt5
 from minigpt5.config import ConfigError, MiniGPT5Config, PeftSettings, VisionConfig
 from minigpt5.model import MiniGPT5
@@ -44,7 +45,7 @@ def test_ddp_overlay():
 def test_deepspeed_overlays(stage):
     cli = build_cli(f"deepspeed_zero{stage}")
     strategy = cli.trainer.strategy
-    assert type(strategy) is DeepSpeedStrategy
+    assert type(strategy) is MiniGPT5DeepSpeedStrategy and isinstance(strategy, DeepSpeedStrategy)
     assert strategy.config["zero_optimization"]["stage"] == stage
     assert strategy.exclude_frozen_parameters  # trainable-only checkpoints
     assert strategy.config["zero_allow_untested_optimizer"]  # our torch AdamW over trainable params
