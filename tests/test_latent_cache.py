@@ -141,7 +141,7 @@ def test_cli_reads_the_training_yaml_and_overrides(pairs, tmp_path, capsys):
                         "--set", "diffusion.resolution=16", "--batch-size", "7", "--workers", "1", "--device", "cpu"])
     assert status == 0 and "samples 16: written 16" in capsys.readouterr().out
     assert data_main(["encode-latents", "--shards", raw_spec, "--out", str(tmp_path / "o2"), "-c", str(yaml_file),
-                      "--set", "diffusion.latent_spac=vae"]) == 1
+                      "--set", "diffusion.latent_spac=vae"]) == 2  # a user error
     assert "latent_spac" in capsys.readouterr().err
 
 
