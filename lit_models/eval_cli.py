@@ -216,6 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if not Path(args.ckpt).exists():  # before the extractors, whose weights may also be missing
+            raise FileNotFoundError(f"checkpoint '{args.ckpt}' does not exist")
         json_path, md_path = evaluate(args)
     except (ConfigError, WeightsNotFoundError, ValueError, FileNotFoundError) as err:
         print(f"minigpt5 eval: error: {err}", file=sys.stderr)

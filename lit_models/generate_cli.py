@@ -100,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         model = load_model(args).to(args.device)
         result = generate(model, args.prompt, images, cfg)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"minigpt5 generate: error: {err}", file=sys.stderr)
         return 2
     paths = write_outputs(result, args.out)
     print(f"{len(result.token_ids)} tokens, {len(result.images)} image(s), stopped at {result.stopped}")
