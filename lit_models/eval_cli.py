@@ -153,6 +153,8 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise ConfigError("the llm-then-sd baseline is scored only by the synthetic world's protocols")
     quoted = quoted_rows(args.quoted, args.protocol) if args.quoted else []  # read first: a bad file fails fast
     options = protocol_options(args)
+    if not Path(args.ckpt).exists():  # before the extractors, whose weights may be missing too
+        raise FileNotFoundError(f"checkpoint '{args.ckpt}' does not exist")
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
     model = MiniGPT5Module.from_checkpoint(args.ckpt, allow_pickle=args.allow_pickle).model.to(args.device).eval()
@@ -216,8 +218,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if not Path(args.ckpt).exists():  # before the extractors, whose weights may also be missing
-            raise FileNotFoundError(f"checkpoint '{args.ckpt}' does not exist")
         json_path, md_path = evaluate(args)
     except (ConfigError, WeightsNotFoundError, ValueError, FileNotFoundError) as err:
         print(f"minigpt5 eval: error: {err}", file=sys.stderr)
