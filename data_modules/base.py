@@ -18,7 +18,7 @@ from data_modules.shards import (
 )
 from data_modules.stream import FAULTS_KEY, POSITION_KEY, DataFaults, EpochLoader, ResumableStream, StreamPosition
 from data_modules.workers import START_METHODS, worker_context
-from minigpt5.config import MiniGPT5Config
+from minigpt5.config import ConfigError, MiniGPT5Config
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,25 @@ class ShardDataModule(LightningDataModule):
         level = logging.WARNING if faults.bad_samples or faults.bad_shards else logging.INFO  # warn of a fault
         log.log(level, "training data so far: %d samples read, %d bad ones skipped, %d shards cut short",
                 faults.read, faults.bad_samples, faults.bad_shards)
-        return {"stream_position": asdict(position), "stream_groups": self._groups()[0], "data_faults": asdict(faults)}
+        return {"stream_position": asdict(position), "stream_groups": self._groups()[0], "data_faults": asdict(faults),
+                "stream_shape": self._stream_shape()}
+
+    def _stream_shape(self) -> dict[str, int]:
+        """What the saved stream position means only under: exact resumption needs these unchanged."""
+        _, world_size = self._rank_and_world()
+        return {"global batch (data.batch_size x world size)": self.batch_size * world_size,
+                "logical streams per rank (data.num_workers, at least 1)": max(1, self.num_workers)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         groups = self._groups()[0]
+        saved_shape, shape = state_dict.get("stream_shape", {}), self._stream_shape()
+        changed = [f"{key}: {saved_shape[key]} -> {shape[key]}" for key in shape
+                   if key in saved_shape and saved_shape[key] != shape[key]]
+        if changed:
+            raise ConfigError(
+                "the checkpoint's data stream position holds only for the same " + "; ".join(changed) + ". Resume "
+                "with the saved values, or start a new run from the weights with --model.init_from=<checkpoint>"
+            )
         if state_dict["stream_groups"] != groups:
             raise ValueError(
                 f"the checkpoint's data stream has {state_dict['stream_groups']} stream groups but this run has "

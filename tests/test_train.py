@@ -117,6 +117,9 @@ def test_resume_refuses_a_model_change_and_accepts_a_training_change(shards, tmp
     assert changed.returncode == 2, changed.stderr[-3000:]
     message = changed.stderr.strip().splitlines()[-1]
     assert "mapper.num_heads: 4 -> 2" in message and "vokens.num_vokens: 8 -> 4" in message
+    batch = cli(resume + ["--data.batch_size=8"])  # exact resumption: the stream position means batches of 4
+    assert batch.returncode == 2, batch.stderr[-3000:]
+    assert "global batch (data.batch_size x world size): 4 -> 8" in batch.stderr.strip().splitlines()[-1]
     harmless = cli(resume + ["--model.config.loss.cap_weight=0.2", "--model.config.llm.max_length=48"])
     assert harmless.returncode == 0, harmless.stderr[-3000:]
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
