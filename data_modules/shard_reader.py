@@ -15,7 +15,8 @@ import re
 import tarfile
 from typing import Any, Iterator
 
-_MEMBER = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # (key, field) as WebDataset splits them
+from webdataset.tariterators import base_plus_ext
+
 _META = re.compile(r"__[^/]*__($|/)")
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # two zero blocks close every tar archive
 
@@ -35,10 +36,10 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
             archive = tarfile.open(fileobj=handle, mode="r:")
             sample: dict[str, Any] = {}
             for member in archive:
-                match = _MEMBER.match(member.name)
-                if not member.isreg() or match is None or _META.match(member.name):
+                key, name = base_plus_ext(member.name)  # as WebDataset splits a member name
+                if not member.isreg() or key is None or _META.match(member.name):
                     continue
-                key, name = match.group(1), match.group(2).lower()
+                name = name.lower()
                 data = archive.extractfile(member).read()  # type: ignore[union-attr]
                 if len(data) != member.size:
                     raise ShardError(f"shard '{url}' ends inside member '{member.name}'")
