@@ -2,7 +2,8 @@
 
 For held-out image-caption pairs, the LM is given only the picture (the reading example of
 ``data_modules.image_reading`` without its caption) and writes greedily; counted is how often
-its words name the caption's colour and shape. Also printed: the mean caption-token loss
+the first colour word and the first shape word it writes are the caption's (a reader that
+writes "a blue square blue triangle" named a square). Also printed: the mean caption-token loss
 after the pair's own picture and after another pair's (an image-blind reader scores both alike).
 
     python benchmarks/image_reading.py --reader outputs/demo/tiny_vision --lm outputs/demo/tiny_lm/model \
@@ -36,6 +37,11 @@ def read_aloud(module: VisionAlignmentModule, batch: dict, row: int, words: int)
     return ids[0, len(prompt):].tolist()
 
 
+def first_of(words: list[str], vocabulary) -> str | None:
+    """The first of ``words`` that is in ``vocabulary``, or None."""
+    return next((w for w in words if w in vocabulary), None)
+
+
 def score(module: VisionAlignmentModule, dm: ImageReadingDataModule, limit: int) -> dict[str, Any]:
     """Named colour and shape counts over the first ``limit`` pairs, and the two caption losses."""
     tok = dm.encoder.tokenizer
@@ -47,8 +53,8 @@ def score(module: VisionAlignmentModule, dm: ImageReadingDataModule, limit: int)
             for row in range(batch["input_ids"].shape[0]):
                 caption = tok.decode(batch["labels"][row][batch["labels"][row] >= 0], skip_special_tokens=True).split()
                 written = tok.decode(read_aloud(module, batch, row, 6), skip_special_tokens=True).split()
-                named["colour"] += any(c in caption and c in written for c in COLOURS)
-                named["shape"] += any(s in caption and s in written for s in SHAPES)
+                named["colour"] += first_of(written, COLOURS) == first_of(caption, COLOURS)
+                named["shape"] += first_of(written, SHAPES) == first_of(caption, SHAPES)
             if sum(b["input_ids"].shape[0] for b in batches) >= limit:
                 break
     own, other = module.caption_losses(batches)
@@ -61,11 +67,12 @@ def main() -> None:
     parser.add_argument("--lm", required=True, help="the LM it was trained under (Hugging Face folder)")
     parser.add_argument("--shards", required=True, help="held-out image-caption shards")
     parser.add_argument("--pairs", type=int, default=200, help="pairs to read")
+    parser.add_argument("--kind", choices=("blip2", "clip"), default="blip2", help="the reader's vision.kind")
     args = parser.parse_args()
     reader = Path(args.reader)
-    trained = VisionConfig(kind="blip2", path=str(reader / TOWER_DIR), projection_path=str(reader / PROJECTION_FILE),
+    trained = VisionConfig(kind=args.kind, path=str(reader / TOWER_DIR), projection_path=str(reader / PROJECTION_FILE),
                            train_projection=False)
-    for name, vision in (("trained reader", trained), ("untrained reader", VisionConfig(kind="blip2"))):
+    for name, vision in (("trained reader", trained), ("untrained reader", VisionConfig(kind=args.kind))):
         cfg = MiniGPT5Config(vision=vision, llm=LLMConfig(path=args.lm, max_length=32))
         torch.manual_seed(0)
         module = VisionAlignmentModule(cfg).eval()

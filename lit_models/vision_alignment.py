@@ -10,6 +10,14 @@ together, under the frozen LLM stand-in, to make the LLM write an image's captio
 captioning objective -- and exports the tower in Hugging Face layout (``vision.path``) and
 the projection as MiniGPT-4 saves it (``vision.projection_path``, frozen with
 ``vision.train_projection=false``, as the paper keeps it).
+
+The caption loss alone teaches the tower what is cheap to say: on the world's pictures the
+LM then names the colour 200/200 and the shape at chance (76/200, chance 67), although the
+same tower trained to classify shape reaches 94% in 600 steps. BLIP-2 learns its image
+representation from text before it meets an LLM; ``words_weight`` stands in for that stage:
+a linear head on the tower's mean token predicts which vocabulary words the caption holds
+(one binary cross-entropy per word), and only the tower and this head (never exported) learn
+from it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics.aggregation import MeanMetric
 
@@ -31,11 +40,19 @@ TOWER_DIR = "tower"
 PROJECTION_FILE = "projection.pth"
 
 
+def caption_words(labels: torch.Tensor, vocabulary: int) -> torch.Tensor:
+    """Target token ids (B, T; IGNORE_INDEX elsewhere) -> (B, vocabulary) with 1 where a row's targets hold that id."""
+    present = torch.zeros(labels.shape[0], vocabulary, device=labels.device)
+    present.scatter_add_(1, labels.clamp(min=0), (labels != IGNORE_INDEX).float())
+    return present.clamp(max=1)  # a word twice in a caption is still one word
+
+
 class VisionAlignmentModule(LightningModule):
     """Trains the vision tower (unless ``train_tower`` is off) and the input projection of
-    ``config``'s model on the caption text loss; everything else stays frozen and unused.
+    ``config``'s model on the caption text loss, plus (``words_weight`` > 0) the tower on
+    the caption-words loss; everything else stays frozen and unused.
 
-    Logs ``train/text`` per step and ``val/text`` (mean over held-out caption tokens).
+    Logs ``train/text`` and ``train/words`` per step and ``val/text`` (mean over held-out caption tokens).
     """
 
     def __init__(
@@ -43,25 +60,38 @@ class VisionAlignmentModule(LightningModule):
         config: MiniGPT5Config = MiniGPT5Config(vision=VisionConfig(kind="blip2")),
         optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=50, decay="linear", mapper_lr_scale=1.0),
         train_tower: bool = True,
+        words_weight: float = 1.0,
         export_dir: Optional[str] = None,
     ) -> None:
-        """``export_dir``: where :meth:`export` writes ``tower/`` and ``projection.pth`` at the end of training."""
+        """``words_weight``: weight of the caption-words loss (0: the caption loss alone).
+        ``export_dir``: where :meth:`export` writes ``tower/`` and ``projection.pth`` at the end of training."""
         super().__init__()
         if config.vision.kind == "none":
             raise ConfigError("pretrain-vision trains an image reader: set model.config.vision.kind to blip2 or clip")
+        if words_weight < 0 or (words_weight > 0 and not train_tower):
+            raise ConfigError(f"model.words_weight trains the tower: it must be 0 with train_tower=false, and >= 0; "
+                              f"got {words_weight} with train_tower={train_tower}")
         self.save_hyperparameters(logger=False)
-        self.config, self.optim, self.export_dir = config, optim, export_dir
+        self.config, self.optim, self.export_dir, self.words_weight = config, optim, export_dir, words_weight
         self.model = MiniGPT5(config)
         self.model.requires_grad_(False)
         assert self.model.vision is not None and self.model.input_projection is not None
         self.model.vision.requires_grad_(train_tower)
         self.model.input_projection.requires_grad_(True)
+        self.word_head = torch.nn.Linear(self.model.vision.width, len(self.model.tokenizer)) if words_weight else None
         self.val_nll = MeanMetric()  # token-weighted, synced across ranks
 
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean caption-token loss of the batch, and how many tokens it was averaged over."""
         logits, _ = self.model.llm_forward(batch["input_ids"], batch["attention_mask"], batch["input_pixels"])
         return text_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    def words_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Binary cross-entropy of the word head on the tower's mean token against which
+        vocabulary entries each caption holds (its target tokens)."""
+        assert self.word_head is not None and self.model.vision is not None
+        logits = self.word_head(self.model.vision(batch["input_pixels"]).mean(1).float())  # (B, V)
+        return F.binary_cross_entropy_with_logits(logits, caption_words(batch["labels"], logits.shape[1]))
 
     @torch.no_grad()
     def caption_losses(self, batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
@@ -77,8 +107,13 @@ class VisionAlignmentModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self.model_step(batch)
-        self.log("train/text", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        size = batch["input_ids"].shape[0]
+        self.log("train/text", loss, prog_bar=True, batch_size=size)
+        if self.word_head is None:
+            return loss
+        words = self.words_loss(batch)
+        self.log("train/words", words, batch_size=size)
+        return loss + self.words_weight * words
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, tokens = self.model_step(batch)

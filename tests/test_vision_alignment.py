@@ -15,7 +15,7 @@ from data_modules.image_reading import ImageReadingDataModule
 from data_modules.shards import decode_sample
 from data_modules.synthetic import write_synthetic
 from lit_models.cli import main
-from lit_models.vision_alignment import PROJECTION_FILE, TOWER_DIR, VisionAlignmentModule
+from lit_models.vision_alignment import PROJECTION_FILE, TOWER_DIR, VisionAlignmentModule, caption_words
 from minigpt5.config import ConfigError, LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.model import MiniGPT5
 from minigpt5.projection import read_minigpt4_projection
@@ -51,11 +51,36 @@ def test_a_reader_needs_a_tower():
         dm.make_encoder()
 
 
+def test_caption_words_marks_each_word_a_caption_holds_once():
+    labels = torch.tensor([[-100, 5, 7, 5, -100], [-100, -100, 0, 2, 2]])
+    got = caption_words(labels, 10)
+    assert got.shape == (2, 10)
+    assert torch.nonzero(got[0]).flatten().tolist() == [5, 7]
+    assert torch.nonzero(got[1]).flatten().tolist() == [0, 2]  # id 0 is a word like any other
+    assert got.max() == 1
+
+
+def test_the_words_loss_reaches_the_tower_but_not_the_projection(tmp_path):
+    shards = write_synthetic(tmp_path, num=8, val_num=4, size=16, shard_size=8)
+    cfg = reader_config()
+    torch.manual_seed(0)
+    module = VisionAlignmentModule(cfg, words_weight=1.0)
+    dm = ImageReadingDataModule(shards.train, shards.val, model_config=cfg, num_workers=0, batch_size=4)
+    dm.setup("fit")
+    module.words_loss(next(iter(dm.val_dataloader()))).backward()
+    assert module.word_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.vision.parameters())
+    assert all(p.grad is None for p in module.model.input_projection.parameters())
+    assert VisionAlignmentModule(cfg, words_weight=0.0).word_head is None
+    with pytest.raises(ConfigError, match="words_weight trains the tower"):
+        VisionAlignmentModule(cfg, train_tower=False, words_weight=1.0)
+
+
 def test_only_the_tower_and_projection_train_and_the_export_loads_frozen_in_the_stages(tmp_path):
     torch.manual_seed(0)
     module = VisionAlignmentModule(reader_config())
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("model.vision.", "model.input_projection.")) for n in trainable)
+    assert trainable and all(n.startswith(("model.vision.", "model.input_projection.", "word_head.")) for n in trainable)
     assert any(n.startswith("model.vision.qformer.") for n in trainable)
     with torch.no_grad():  # stand-in for training: move every trained tensor
         for name, param in module.named_parameters():
