@@ -56,7 +56,8 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(stage1_steps=800, stage2_steps=600, items=None, guidance=(1.0, 2.0, 3.0, 5.0), diffusion_steps=None),
+    # Stage 2 at half the demo's 3000 steps (configs/demo_mls.yaml), to keep five variants in about 45 minutes.
+    "full": Budget(stage1_steps=800, stage2_steps=1500, items=None, guidance=(1.0, 2.0, 3.0, 5.0), diffusion_steps=None),
     "small": Budget(stage1_steps=3, stage2_steps=3, items=4, guidance=(1.0, 2.0), diffusion_steps=2),
 }
 

@@ -60,7 +60,7 @@ class VisionAlignmentModule(LightningModule):
         config: MiniGPT5Config = MiniGPT5Config(vision=VisionConfig(kind="blip2")),
         optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=50, decay="linear", mapper_lr_scale=1.0),
         train_tower: bool = True,
-        words_weight: float = 1.0,
+        words_weight: float = 5.0,
         export_dir: Optional[str] = None,
     ) -> None:
         """``words_weight``: weight of the caption-words loss (0: the caption loss alone).
