@@ -81,17 +81,21 @@ class VisionAlignmentModule(LightningModule):
         self.word_head = torch.nn.Linear(self.model.vision.width, len(self.model.tokenizer)) if words_weight else None
         self.val_nll = MeanMetric()  # token-weighted, synced across ranks
 
-    def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean caption-token loss of the batch, and how many tokens it was averaged over."""
-        logits, _ = self.model.llm_forward(batch["input_ids"], batch["attention_mask"], batch["input_pixels"])
+    def model_step(
+        self, batch: dict[str, Any], image_tokens: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean caption-token loss of the batch, and how many tokens it was averaged over
+        (``image_tokens``: the tower's output for the batch's pictures, when already read)."""
+        logits, _ = self.model.llm_forward(batch["input_ids"], batch["attention_mask"], batch["input_pixels"],
+                                           image_tokens)
         return text_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
-    def words_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Binary cross-entropy of the word head on the tower's mean token against which
-        vocabulary entries each caption holds (its target tokens)."""
-        assert self.word_head is not None and self.model.vision is not None
-        logits = self.word_head(self.model.vision(batch["input_pixels"]).mean(1).float())  # (B, V)
-        return F.binary_cross_entropy_with_logits(logits, caption_words(batch["labels"], logits.shape[1]))
+    def words_loss(self, image_tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the word head on the mean of each picture's tower tokens
+        (B, k, Dv) against which vocabulary entries its caption holds (``labels``' targets)."""
+        assert self.word_head is not None
+        logits = self.word_head(image_tokens.mean(1).float())  # (B, V)
+        return F.binary_cross_entropy_with_logits(logits, caption_words(labels, logits.shape[1]))
 
     @torch.no_grad()
     def caption_losses(self, batches: Iterable[dict[str, Any]]) -> tuple[float, float]:
@@ -106,12 +110,14 @@ class VisionAlignmentModule(LightningModule):
         return own / tokens, other / tokens
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.model_step(batch)
+        # The tower reads each picture once, for the caption loss and the words loss alike.
+        tokens = self.model.read_images(batch["input_pixels"]) if self.word_head is not None else None
+        loss, _ = self.model_step(batch, tokens)
         size = batch["input_ids"].shape[0]
         self.log("train/text", loss, prog_bar=True, batch_size=size)
-        if self.word_head is None:
+        if tokens is None:
             return loss
-        words = self.words_loss(batch)
+        words = self.words_loss(tokens, batch["labels"])
         self.log("train/words", words, batch_size=size)
         return loss + self.words_weight * words
 

@@ -188,23 +188,36 @@ class MiniGPT5(nn.Module):
 
     # ---- the LLM side ----
 
-    def embed_inputs(self, input_ids: torch.Tensor, input_pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def read_images(self, input_pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's tokens (M, k, Dv) of input images (M, 3, S, S), mirrored as
+        ``augment.hflip`` draws in training; gradients reach the tower only where it trains
+        (``minigpt5 pretrain-vision``)."""
+        if self.vision is None:
+            raise ValueError("the batch has input images but vision.kind is none")
+        # Context-image flips come from the global RNG, which training seeds per micro-batch.
+        flips = self.training_flips(input_pixels.shape[0], None, input_pixels.device)
+        tower_trains = any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+            return self.vision(flip_where(input_pixels, flips))
+
+    def embed_inputs(
+        self, input_ids: torch.Tensor, input_pixels: Optional[torch.Tensor] = None,
+        image_tokens: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Token embeddings (B, T, D): voken rows joined in, and the projected tokens of each
-        input image (M, 3, S, S) written over its run of ``<ImageHere>`` placeholders."""
+        input image (M, 3, S, S) written over its run of ``<ImageHere>`` placeholders.
+        ``image_tokens``: :meth:`read_images` of ``input_pixels``, for a caller that has them."""
         is_image = input_ids == self.image_token_id  # (B, T)
         embeds = self.vokens.embed(input_ids.masked_fill(is_image, 0), self.llm.get_input_embeddings())
         if not is_image.any():
             if self.input_projection is not None and torch.is_grad_enabled():
                 embeds = embeds + zero_through(self.input_projection)
             return embeds
-        if input_pixels is None or self.vision is None:
-            raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
-        # Context-image flips come from the global RNG, which training seeds per micro-batch.
-        flips = self.training_flips(input_pixels.shape[0], None, input_pixels.device)
-        tower_trains = any(p.requires_grad for p in self.vision.parameters())  # only in pretrain-vision
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
-            tokens = self.vision(flip_where(input_pixels, flips))  # (M, k, Dv)
-        features = self.input_projection(tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
+        if image_tokens is None:
+            if input_pixels is None or self.vision is None:
+                raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
+            image_tokens = self.read_images(input_pixels)  # (M, k, Dv)
+        features = self.input_projection(image_tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
         if features.shape[0] * features.shape[1] != int(is_image.sum()):
             raise ValueError(
                 f"{int(is_image.sum())} image placeholders for {features.shape[0]} input images "
@@ -213,10 +226,12 @@ class MiniGPT5(nn.Module):
         return embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
 
     def llm_forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_pixels: Optional[torch.Tensor] = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_pixels: Optional[torch.Tensor] = None,
+        image_tokens: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)."""
-        embeds = self.embed_inputs(input_ids, input_pixels)  # (B, T, D)
+        """Logits over the vocabulary plus vokens (B, T, V + n) and last hidden states (B, T, D)
+        (``image_tokens``: as :meth:`embed_inputs` takes them)."""
+        embeds = self.embed_inputs(input_ids, input_pixels, image_tokens)  # (B, T, D)
         # No KV cache: nothing reuses it, and a checkpointed layer would write it twice.
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1]  # (B, T, D), after the final norm

@@ -67,10 +67,15 @@ def test_the_words_loss_reaches_the_tower_but_not_the_projection(tmp_path):
     module = VisionAlignmentModule(cfg, words_weight=1.0)
     dm = ImageReadingDataModule(shards.train, shards.val, model_config=cfg, num_workers=0, batch_size=4)
     dm.setup("fit")
-    module.words_loss(next(iter(dm.val_dataloader()))).backward()
+    batch = next(iter(dm.val_dataloader()))
+    module.words_loss(module.model.read_images(batch["input_pixels"]), batch["labels"]).backward()
     assert module.word_head.weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.vision.parameters())
     assert all(p.grad is None for p in module.model.input_projection.parameters())
+    calls = []
+    module.model.vision.register_forward_hook(lambda *_: calls.append(1))
+    module.training_step(batch, 0)  # the caption loss and the words loss share one read of the pictures
+    assert len(calls) == 1
     assert VisionAlignmentModule(cfg, words_weight=0.0).word_head is None
     with pytest.raises(ConfigError, match="words_weight trains the tower"):
         VisionAlignmentModule(cfg, train_tower=False, words_weight=1.0)
