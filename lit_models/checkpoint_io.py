@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -32,8 +32,9 @@ class CheckpointWriteError(OSError):
     have replaced is untouched."""
 
 
-def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """``torch.save(obj, path)`` through a fsynced temporary file in the same directory."""
+def atomic_write(path: _PATH, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` the file ``path`` through a fsynced temporary file in the same directory,
+    renamed over it; CheckpointWriteError (the previous file untouched) when that fails."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
         raise CheckpointWriteError(err.errno, f"could not write checkpoint '{target}': {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, target)
@@ -61,6 +62,11 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save(obj, path)``, atomically and durably (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,9 +11,7 @@ which is what ``engine.load_checkpoint``, Lightning's resume and ``minigpt5 expo
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,26 +19,14 @@ from typing import Any, Callable, Optional
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from lit_models.checkpoint_io import atomic_write
+
 LATEST = "latest"  # DeepSpeed's file naming the tag to load
 
 
 def write_latest(directory: Path, tag: str) -> None:
-    """Point ``directory/latest`` at ``tag`` atomically (temporary file, fsync, rename, fsync the folder)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{LATEST}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, directory / LATEST)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    folder = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Point ``directory/latest`` at ``tag`` atomically (:func:`atomic_write`: temporary file, fsync, rename)."""
+    atomic_write(directory / LATEST, lambda f: f.write(tag.encode()))
 
 
 def save_in_new_tag(
