@@ -22,7 +22,7 @@ Each official instruction is drawn from two or three wordings (:mod:`minigpt5.ta
 once per example (``random.choice`` when the data set is built); here the draw is fixed
 by the sample key, step and task, so it is the same in every epoch, worker and run.
 
-Dialogues (``turn_content``, ``bad_turns``, ``max_turn_tokens``, ``history``, ``roles``),
+Dialogues (``turn_content``, ``bad_turns``, ``max_turn_tokens``, ``history``, ``roles``, ``speakers``),
 official ``dataloader.py:344-402``: every turn after the first is a target
 (``:371-386``; of either speaker); a turn is read as its first text and first image
 (``:355``, ``:363-366``); the dialogue stops at the first turn whose text is empty or
@@ -31,7 +31,9 @@ image is missing or broken (``:367-369``); even turns are ``###Human:``, odd tur
 ``###Assistant:`` (``:373-376``, ``:388-394``), and the history keeps the last exchange:
 2 turns before a user's turn, 3 (user, assistant, user) before an assistant's
 (``:388-399``). This project's reading (the defaults) joins all texts and images of a
-turn, skips a bad turn alone and keeps the whole history without roles.
+turn, skips a bad turn alone, keeps the whole history without roles and makes only the
+assistant's turns targets: without a speaker's marker, a user's turn as a target teaches
+the model to end where the user stops, the very place a response must begin.
 
 Every turn left out is counted and logged (:class:`data_modules.shards.SampleCounter`).
 """
@@ -68,6 +70,8 @@ class TurnChoices:
     bad_turns: Literal["skip", "stop"] = "skip"  # an unusable dialogue turn: left out alone, or the dialogue ends there
     max_turn_tokens: Optional[int] = None  # a dialogue turn with more text tokens is unusable (None: no limit)
     history: Literal["all", "exchange"] = "all"  # a dialogue target's context: every earlier turn, or the last exchange
+    # whose dialogue turns are targets: either speaker's (official) or the assistant's (odd turns) alone
+    speakers: Literal["both", "assistant"] = "assistant"
 
     def __post_init__(self) -> None:
         def check(name: str, value: Any, allowed: tuple) -> None:
@@ -84,13 +88,14 @@ class TurnChoices:
         check("turn_content", self.turn_content, ("all", "first"))
         check("bad_turns", self.bad_turns, ("skip", "stop"))
         check("history", self.history, ("all", "exchange"))
+        check("speakers", self.speakers, ("both", "assistant"))
         if self.max_turn_tokens is not None and (isinstance(self.max_turn_tokens, bool) or self.max_turn_tokens < 1):
             raise ValueError(f"data.choices.max_turn_tokens must be >= 1 or null; got {self.max_turn_tokens!r}")
 
 
 OFFICIAL = TurnChoices(
     story_tasks=["generate", "continue", "understand"], prompts="official", roles=True,
-    turn_content="first", bad_turns="stop", max_turn_tokens=50, history="exchange",
+    turn_content="first", bad_turns="stop", max_turn_tokens=50, history="exchange", speakers="both",
 )
 
 
@@ -254,9 +259,10 @@ def _role(turn: SourceTurn[Any], choices: TurnChoices) -> Optional[str]:
 
 def dialogue_examples(turns: list[SourceTurn[I]], choices: TurnChoices, targets: str,
                       context: Context) -> list[TaskExample[I]]:
-    """A response example per target turn (every turn after the first, or the last)."""
+    """A response example per target turn: every turn after the first of ``choices.speakers``, or the last of them."""
+    candidates = [t for t in range(1, len(turns)) if choices.speakers == "both" or turns[t].index % 2 == 1]
     examples = []
-    for t in range(1, len(turns)) if targets == "all" else range(max(1, len(turns) - 1), len(turns)):
+    for t in candidates if targets == "all" else candidates[-1:]:
         start = 0 if choices.history == "all" else max(0, t - 2 - t % 2)  # the last exchange before turn t
         history = [Message(_role(turn, choices), [history_part(turn, context)]) for turn in turns[start:t]]
         examples.append(TaskExample("respond", t, MMDIALOG_SYSTEM if choices.prompts == "official" else "", history,

@@ -14,6 +14,7 @@ from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.interleaved import InterleavedDataModule
 from data_modules.synthetic import colour_of, dominant_colour, dominant_shape, write_synthetic
+from data_modules.turn_choices import TurnChoices
 from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5
@@ -74,12 +75,15 @@ def test_long_context_is_truncated_oldest_first_and_images_follow(vist_shards):
 
 
 def test_mmdialog_responses_with_and_without_images(mmdialog_shards):
-    dm, (batch,) = batches(mmdialog_shards, targets="all")
+    dm, (batch,) = batches(mmdialog_shards, targets="all", choices=TurnChoices(speakers="both"))
     ids = batch["input_ids"]
     assert ids.shape[0] == 8  # turns 2..9 of the 9-turn dialogue are responses
     per_row_targets = (ids == dm.encoder.voken_ids[0]).sum(1).tolist()
     assert per_row_targets == [1, 1, 1, 0, 0, 0, 0, 0]  # turns 2-4 carry an image, 5-9 text only
     assert batch["target_pixels"].shape[0] == 3
+    dm, (batch,) = batches(mmdialog_shards, targets="all")  # the assistant's turns alone: 2, 4, 6, 8
+    assert (batch["input_ids"] == dm.encoder.voken_ids[0]).sum(1).tolist() == [1, 1, 0, 0]
+    assert batch["target_pixels"].shape[0] == 2
 
 
 def test_batch_trains_the_model(vist_shards):

@@ -203,8 +203,29 @@ def test_mmdialog_official_reading_of_the_real_dialogue(mmdialog):
 def test_mmdialog_this_projects_reading_keeps_the_whole_history(mmdialog):
     spec, record = mmdialog
     got = examples(spec, TurnChoices())
-    assert [len(parts(e)) for e in got] == list(range(1, 9))
+    assert [e.turn for e in got] == [1, 3, 5, 7]  # the assistant's turns alone
+    assert [len(parts(e)) for e in got] == [1, 3, 5, 7]
     assert all(e.role is None and e.system == "" and {m.role for m in e.context} == {None} for e in got)
+    both = examples(spec, replace(TurnChoices(), speakers="both"))
+    assert [e.turn for e in both] == [len(parts(e)) for e in both] == list(range(1, 9))
+    assert [e.turn for e in examples(spec, TurnChoices(), targets="last")] == [7]
+    assert [e.turn for e in examples(spec, replace(TurnChoices(), speakers="both"), targets="last")] == [8]
+
+
+def test_without_roles_no_target_ends_where_a_user_stops(tmp_path):
+    """Without speakers' markers, a user's turn as a target is the user's words then the end
+    marker: the same tokens a response must follow. Only the assistant's turns are targets."""
+    shards = write_synthetic(tmp_path, num=8, val_num=0, size=16, seed=0, shard_size=8, layout="dialogues")
+    encoder = InterleavedEncoder(CFG, SampleCounter(), "all", "both")
+    tok = encoder.tokenizer
+    for sample in raw_samples(shards.train):
+        rules = read_record(sample)["turns"]
+        got = [item["example"] for item in encoder(sample)]
+        assert len(got) == len(rules) // 2
+        for example in got:
+            written = tok.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX],
+                                 skip_special_tokens=True)
+            assert written.split()[:2] in (["here", "is"], ["it", "is"])  # every reply of the world starts so
 
 
 def test_mmdialog_real_first_turn_is_over_the_official_50_tokens(mmdialog, caplog):
@@ -233,7 +254,7 @@ def test_mmdialog_missing_image_stops_the_dialogue_or_drops_the_image(samples_di
     assert len(skipping) == 7 and (counter.dialogues_stopped, counter.turns_left_out) == (0, 1)
     assert [m.role for m in skipping[1].context] == ["user", "assistant"] and skipping[1].role == "assistant"
 
-    ours = examples(spec, TurnChoices())  # this project's reading: the turn stays, without its image
+    ours = examples(spec, replace(TurnChoices(), speakers="both"))  # this project's reading: the turn stays, without its image
     assert len(ours) == 8 and (ours[1].text, ours[1].images) == (record["conversation"][2]["turn"][0]["__TEXT__"], [])
 
 
@@ -246,7 +267,8 @@ def test_mmdialog_turn_dropped_at_conversion_stops_the_official_reading(samples_
         got = examples(spec, NO_LIMIT, counter)
     assert [e.turn for e in got] == [1, 2, 3, 4] and (counter.dialogues_stopped, counter.turns_left_out) == (1, 3)
     assert "stopped at turn 5: dropped at conversion" in caplog.text
-    assert len(examples(spec, TurnChoices())) == 7  # this project's reading: the other 8 turns, 7 targets
+    # this project's reading: the other 8 turns, 7 targets, of which turns 1, 3 and 7 are the assistant's
+    assert [e.turn for e in examples(spec, TurnChoices())] == [1, 3, 6]  # positions among the usable turns
 
 
 def test_mmdialog_first_text_and_image_or_all_of_them(samples_dir, tmp_path):
@@ -265,7 +287,7 @@ def test_over_long_turns_skipped_alone_under_skip(mmdialog, caplog):
     spec, _ = mmdialog
     counter = SampleCounter()
     with caplog.at_level(logging.WARNING):
-        got = examples(spec, TurnChoices(max_turn_tokens=100), counter)
+        got = examples(spec, TurnChoices(max_turn_tokens=100, speakers="both"), counter)
     # tiny tokenizer: turns 0 (222 tokens) and 3 (165) are over 100; 7 turns left, 6 targets
     assert len(got) == 6 and (counter.turns_left_out, counter.dialogues_stopped) == (2, 0)
     assert "skipped turn 0" in caplog.text and "skipped turn 3" in caplog.text
@@ -283,7 +305,7 @@ def test_first_turn_content_needs_the_converters_turn_fields(tmp_path):
     ({"story_tasks": ["generate", "generate"]}, "story_tasks"), ({"story_tasks": []}, "story_tasks"),
     ({"story_tasks": ["draw"]}, "story_tasks"), ({"prompts": "chat"}, "prompts"), ({"roles": "yes"}, "roles"),
     ({"turn_content": "last"}, "turn_content"), ({"bad_turns": "drop"}, "bad_turns"),
-    ({"max_turn_tokens": 0}, "max_turn_tokens"), ({"history": "last"}, "history"),
+    ({"max_turn_tokens": 0}, "max_turn_tokens"), ({"history": "last"}, "history"), ({"speakers": "user"}, "speakers"),
 ])
 def test_bad_choices_are_named(bad, match):
     with pytest.raises(ValueError, match=f"data.choices.{match}"):
