@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from data_modules.world import COLOURS, SHAPES, Split, WorldTurn, dialogue_in, stories_in, story_turns
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
@@ -226,27 +227,45 @@ def _coverage(pixels: np.ndarray, white_distance: float) -> np.ndarray:
     return np.clip(distance / (2 * white_distance), 0.0, 1.0)
 
 
+def _ideal_cover(shape: str, height: int, width: int, subpixels: int = 8) -> np.ndarray:
+    """How much of each pixel of a ``height`` x ``width`` box the ideal ``shape`` fills (as
+    :func:`draw_shape` draws it: the inscribed ellipse, the box, the triangle with its apex at
+    the top centre), sampled ``subpixels`` times a side -> (height, width) in [0, 1]."""
+    y = (np.arange(height * subpixels) + 0.5) / (height * subpixels)
+    x = (np.arange(width * subpixels) + 0.5) / (width * subpixels)
+    y, x = np.meshgrid(y, x, indexing="ij")
+    if shape == "circle":
+        inside = (y - 0.5) ** 2 + (x - 0.5) ** 2 <= 0.25
+    elif shape == "square":
+        inside = np.ones_like(y, dtype=bool)
+    else:
+        inside = np.abs(x - 0.5) <= y / 2
+    return inside.reshape(height, subpixels, width, subpixels).mean(axis=(1, 3))
+
+
 def dominant_shape(
     image: Union[Image.Image, np.ndarray], white_distance: float = 80.0, min_fraction: float = 0.02
 ) -> str:
     """The shape (circle, square, triangle) of the coloured pixels of an RGB image; "none" when
     fewer than ``min_fraction`` of the pixels are coloured.
 
-    Within the bounding box of the pixels more than half covered (:func:`_coverage`), a triangle
-    puts about a third as much into its top half as into its bottom half (a circle and a
-    square the same), and a square covers the corners of the box (blurred at 16 px to 0.15 or more)
-    where a circle leaves them nearly white (at most 0.07 in 99% of 16 px circles).
+    The largest connected patch of pixels more than half covered (:func:`_coverage`) gives the
+    shape's box, so stray specks elsewhere do not move it; the shape is the ideal one
+    (:func:`_ideal_cover`) whose coverage of that box differs least from the image's.
+    Reading the whole box, not a few pixels, keeps it right on generated pictures, whose
+    edges are soft and whose white is speckled.
     """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {pixels.shape}")
     cover = _coverage(pixels, white_distance)  # (H, W)
-    rows, cols = np.nonzero(cover > 0.5)
-    if len(rows) < max(1, min_fraction * cover.size):
+    solid = cover > 0.5
+    if solid.sum() < max(1, min_fraction * cover.size):
         return "none"
-    box = cover[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]  # (h, w)
-    half = box.shape[0] // 2
-    if box[:half].sum() < 0.6 * box[box.shape[0] - half:].sum():
-        return "triangle"
-    corners = box[[0, 0, -1, -1], [0, -1, 0, -1]]  # (4,)
-    return "square" if corners.mean() > 0.12 else "circle"
+    patches, count = ndimage.label(solid)
+    largest = 1 + int(np.argmax(ndimage.sum_labels(solid, patches, range(1, count + 1))))
+    rows, cols = np.nonzero(patches == largest)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    box = cover[top:bottom, left:right]  # (h, w)
+    misfit = {shape: float(np.abs(box - _ideal_cover(shape, *box.shape)).sum()) for shape in SHAPES}
+    return min(misfit, key=misfit.get)
