@@ -1,9 +1,11 @@
 """Pretrain the tiny Stable Diffusion stand-in (text encoder -> UNet) on image-caption shards.
 
 The paper starts from a pretrained, frozen SD 2.1. No SD weights can be downloaded here,
-so the demo first trains the tiny UNet on its own captions (the tiny text encoder stays
-frozen at its random init, as SD's CLIP encoder is frozen) and exports a diffusers-format
-folder; stage 1 then loads it through the same ``from_pretrained`` path as the real SD.
+so the demo first trains the tiny UNet on its own captions and exports a diffusers-format
+folder; stage 1 then loads it through the same ``from_pretrained`` path as the real SD,
+and keeps it frozen. SD's CLIP text encoder was trained before SD itself; a random tiny
+one is no stand-in for it, so ``train_text_encoder`` trains it with the UNet here (the
+demo does: configs/tiny_sd.yaml).
 """
 
 from __future__ import annotations
@@ -29,16 +31,20 @@ class TextToImageModule(LightningModule):
         config: MiniGPT5Config = MiniGPT5Config(),
         optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=100, decay="constant", mapper_lr_scale=1.0),
         caption_dropout: float = 0.1,
+        train_text_encoder: bool = False,
         export_dir: Optional[str] = None,
     ) -> None:
+        """``train_text_encoder``: train the text encoder with the UNet (SD's CLIP encoder was
+        trained before SD; a random one stays random), or keep it at its init."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.config, self.optim, self.caption_dropout, self.export_dir = config, optim, caption_dropout, export_dir
+        self.train_text_encoder = train_text_encoder
         self.sd_tokenizer = build_sd_tokenizer(config.diffusion)
         self.text_encoder, self.unet, self.latents, self.scheduler = build_diffusion(
             config.diffusion, len(self.sd_tokenizer)
         )
-        self.text_encoder.requires_grad_(False).eval()
+        self.text_encoder.requires_grad_(train_text_encoder)
         self.latents.requires_grad_(False).eval()
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -50,8 +56,9 @@ class TextToImageModule(LightningModule):
             empty = tokenize_for_text_encoder(self.sd_tokenizer, [""], ids.shape[1]).to(ids.device)
             drop = torch.rand(ids.shape[0], device=ids.device) < self.caption_dropout
             ids = torch.where(drop[:, None], empty, ids)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             cond = self.text_encoder(ids)[0]  # (N, L, C)
+        with torch.no_grad():
             latents = self.latents.encode(batch["target_pixels"], generator)
         return ldm_loss(self.denoise, self.scheduler, latents, cond,
                         min_snr_gamma=self.config.loss.min_snr_gamma, generator=generator)

@@ -292,7 +292,8 @@ def build_diffusion(
         )
     )
     unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
-    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type)
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
+                              beta_schedule=cfg.beta_schedule)
     if dtype != torch.float32:
         text_encoder, unet = text_encoder.to(dtype), unet.to(dtype)
     return text_encoder, unet, latents, scheduler

@@ -49,6 +49,7 @@ def test_sequences_from_yaml_become_tuples():
         (lambda: DiffusionConfig(resolution=0), "diffusion.resolution"),
         (lambda: DiffusionConfig(latent_space="VAE"), "diffusion.latent_space"),
         (lambda: DiffusionConfig(prediction_type="sample"), "diffusion.prediction_type"),
+        (lambda: DiffusionConfig(beta_schedule="cosine"), "diffusion.beta_schedule"),
         (lambda: DiffusionConfig(torch_dtype="fp16"), "diffusion.torch_dtype"),
         (lambda: LLMConfig(max_length=16), "llm.max_length"),
         (lambda: LLMConfig(hidden_size=10, num_heads=4), "llm.hidden_size"),

@@ -150,15 +150,15 @@ def test_unknown_sampler_is_a_clear_error():
         GuidanceConfig(sampler="karras")
 
 
-def test_tiny_default_is_ddim_and_the_paper_preset_pndm():
+def test_tiny_default_is_dpm_and_the_paper_preset_pndm():
     from lit_models.plan import read_settings
 
     root = Path(__file__).resolve().parents[1]
-    assert MiniGPT5Config().guidance.sampler == "ddim"
+    assert MiniGPT5Config().guidance.sampler == "dpm++"
     paper = read_settings(["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/paper.yaml")])
     assert paper.model.guidance.sampler == "pndm"
     tiny = read_settings(["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/tiny.yaml")])
-    assert tiny.model.guidance.sampler == "ddim"
+    assert tiny.model.guidance.sampler == "dpm++"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_CLASSES))
