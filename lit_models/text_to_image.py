@@ -44,7 +44,7 @@ class TextToImageModule(LightningModule):
         self.text_encoder, self.unet, self.latents, self.scheduler = build_diffusion(
             config.diffusion, len(self.sd_tokenizer)
         )
-        self.text_encoder.requires_grad_(train_text_encoder)
+        self.text_encoder.requires_grad_(train_text_encoder).train(train_text_encoder)
         self.latents.requires_grad_(False).eval()
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
