@@ -229,14 +229,24 @@ IMAGE_COLUMNS = [("stories", "colour_right"), ("stories", "shape_right"), ("stor
                  ("dialogues", "colour_right"), ("dialogues", "coherence")]
 
 
+# A fraction over about 100 items has a standard error of about 0.05: a claim decided by less is not decided.
+CLOSE = 0.05
+
+
+def verdict(better: float, worse: float) -> str:
+    """Whether a claim that ``better`` beats ``worse`` held, failed, or is within :data:`CLOSE` of a tie."""
+    if abs(better - worse) < CLOSE:
+        return f"too close to call (within {CLOSE:.2f}, about one standard error)"
+    return "held" if better > worse else "did not hold"
+
+
 def claims(tables: list[Table]) -> list[str]:
     """The paper's claims, each said to hold or not from the measured numbers (means of the named columns)."""
     training, guidance, context, baselines, _ = (dict(t.rows) for t in tables)
     out = []
 
     def claim(text: str, better: float, worse: float, what: str) -> None:
-        verdict = "held" if better > worse else "did not hold"
-        out.append(f"- {text}: {verdict} ({what}: {better:.2f} vs {worse:.2f})")
+        out.append(f"- {text}: {verdict(better, worse)} ({what}: {better:.2f} vs {worse:.2f})")
 
     main = training[MAIN]
     claim("RQ2, two-stage training beats MLS only", mean_of(main, COLUMNS),
@@ -264,8 +274,8 @@ def write_report(out: Path, tables: list[Table], verdicts: list[str], budget: Bu
     lines = ["# The paper's questions in miniature (synthetic world)", "",
              f"Budget: {budget}. Every number below was measured in this run on the held-out splits; "
              "each fraction is followed by its count. Chance: colour 0.17, shape 0.33. A fraction over "
-             "about 100 items has a standard error of about 0.05: a claim that holds or fails by less "
-             "is not evidence either way.", "",
+             f"about 100 items has a standard error of about {CLOSE}: a claim that holds or fails by less "
+             "is called too close to call.", "",
              "## Claims", "", *verdicts, ""]
     for i, table in enumerate(tables):
         lines.append(table.markdown())

@@ -10,7 +10,7 @@ import pytest
 
 from data_modules.synthetic import write_synthetic
 from lit_models.cli import main
-from lit_models.reproduce import VARIANTS
+from lit_models.reproduce import VARIANTS, verdict
 
 
 def demo_assets(root) -> None:
@@ -55,6 +55,12 @@ def test_reproduce_small_budget_writes_every_row(tmp_path, monkeypatch):
                 number = metric["value"] if isinstance(metric, dict) else metric
                 assert number is None or math.isfinite(number), (row["variant"], key)
                 assert not isinstance(metric, dict) or metric["count"] >= 0
-    assert len(results["claims"]) == 7 and all(" held " in c or "did not hold" in c for c in results["claims"])
+    assert len(results["claims"]) == 7 and all(" held " in c or "did not hold" in c or "too close to call" in c
+                                            for c in results["claims"])
     assert all((out / f"table{i}.png").is_file() for i in range(1, 6))
     assert "## Claims" in (out / "results.md").read_text()
+
+
+def test_a_claim_within_a_standard_error_is_not_decided():
+    assert verdict(0.90, 0.70) == "held" and verdict(0.70, 0.90) == "did not hold"
+    assert verdict(0.962, 0.958).startswith("too close to call") and verdict(0.96, 0.97).startswith("too close")
