@@ -253,14 +253,19 @@ def story_examples(turns: list[SourceTurn[I]], key: str, choices: TurnChoices, t
             for t in steps for task in choices.story_tasks if t >= FIRST_STEP[task]]
 
 
+def _speaker(turn: SourceTurn[Any]) -> str:
+    """Who says a dialogue turn: speakers alternate by position, the user first."""
+    return USER if turn.index % 2 == 0 else ASSISTANT
+
+
 def _role(turn: SourceTurn[Any], choices: TurnChoices) -> Optional[str]:
-    return (USER if turn.index % 2 == 0 else ASSISTANT) if choices.roles else None
+    return _speaker(turn) if choices.roles else None
 
 
 def dialogue_examples(turns: list[SourceTurn[I]], choices: TurnChoices, targets: str,
                       context: Context) -> list[TaskExample[I]]:
     """A response example per target turn: every turn after the first of ``choices.speakers``, or the last of them."""
-    candidates = [t for t in range(1, len(turns)) if choices.speakers == "both" or turns[t].index % 2 == 1]
+    candidates = [t for t in range(1, len(turns)) if choices.speakers == "both" or _speaker(turns[t]) == ASSISTANT]
     examples = []
     for t in candidates if targets == "all" else candidates[-1:]:
         start = 0 if choices.history == "all" else max(0, t - 2 - t % 2)  # the last exchange before turn t
