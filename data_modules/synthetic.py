@@ -113,13 +113,14 @@ def _draw_turns(sample: dict[str, Any], turns: list[WorldTurn], size: int, rng: 
 
 
 def synthetic_stories(num: int, size: int, seed: int, split: Split = "train") -> Iterator[dict[str, Any]]:
-    """``num`` stories of ``split`` in the VIST shard layout (``json`` + ``0.jpg`` ..), drawn
-    uniformly from the split's stories (:mod:`data_modules.world`); each step's json
-    carries its rule fields (speaker, colour, shape, scored)."""
+    """``num`` stories of ``split`` in the VIST shard layout (``json`` + ``0.jpg`` ..), the
+    split's stories (:mod:`data_modules.world`) in turn, so each is drawn equally often
+    (a held-out score weighs every story alike); each step's json carries its rule fields
+    (speaker, colour, shape, scored)."""
     rng = np.random.default_rng(seed)
     keys = stories_in(split)
     for index in range(num):
-        kind, colour, shape = keys[rng.integers(len(keys))]
+        kind, colour, shape = keys[index % len(keys)]
         turns = story_turns(kind, colour, shape)
         names = [f"{step}.jpg" for step in range(len(turns))]
         sample: dict[str, Any] = {"__key__": f"story{index:07d}"}

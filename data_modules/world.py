@@ -28,8 +28,9 @@ picture's colour is not scored, but every later turn must agree with it.
 Splits. A world item (a story, or a dialogue) has a signature: its texts and its
 pictures' colours. ``HARD_PAIRS`` are colour x shape pairs that occur in no training
 item of stage 2 (nor in the language model's corpus); items holding one are the
-``hard`` split. Of the others, a fixed sixth of the stories (spread over kinds, colours and
-shapes) and a tenth of the dialogue signatures (by a hash) are ``val``: they occur in no training shard either.
+``hard`` split. Of the others, a fixed third of the stories (8 of 28: each kind with four
+colours and all three shapes, while each kind's training stories keep every colour and shape)
+and a tenth of the dialogue signatures (by a hash) are ``val``: they occur in no training shard either.
 Image-caption pairs (stage 1) use every pair: only stage 2 holds pairs out.
 """
 
@@ -158,17 +159,18 @@ def split_of(turns: list[WorldTurn], val_share: int) -> Split:
     return "val" if zlib.crc32(signature(turns).encode()) % val_share == 0 else "train"
 
 
-STORY_VAL_SHARE = 6
+STORY_VAL_SHARE = 3
 DIALOGUE_VAL_SHARE = 10
 
 
 def story_split(key: tuple[str, str, str]) -> Split:
-    """``hard`` if a picture shows a held-out pair; else ``val`` for one in six keys, spread over
-    both kinds, all colours and all shapes (a hash would leave a kind out of 36 keys); else ``train``."""
+    """``hard`` if a picture shows a held-out pair; else ``val`` for one in three keys, one shape
+    for each kind and colour (a hash could leave a kind out, or a colour out of a kind's
+    training stories); else ``train``."""
     kind, colour, shape = key
     if pairs(story_turns(*key)) & HARD_PAIRS:
         return "hard"
-    spread = STORY_KINDS.index(kind) * 3 + list(COLOURS).index(colour) + SHAPES.index(shape) * 2
+    spread = STORY_KINDS.index(kind) + list(COLOURS).index(colour) + SHAPES.index(shape) * 2
     return "val" if spread % STORY_VAL_SHARE == 0 else "train"
 
 

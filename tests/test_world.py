@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from data_modules.world import (
     COLOURS,
     HARD_PAIRS,
     SHAPES,
+    STORY_KINDS,
     WorldTurn,
     all_story_keys,
     dialogue_turns,
@@ -64,7 +66,12 @@ def test_dialogue_replies_follow_from_the_history():
 def test_story_splits_partition_the_world_and_spread_over_kinds():
     keys = all_story_keys()
     assert sorted(stories_in("train") + stories_in("val") + stories_in("hard")) == sorted(keys)
-    assert {k for k, _, _ in stories_in("val")} == {"named", "unnamed"}
+    val, train = stories_in("val"), stories_in("train")
+    assert len(val) == 8 and len(train) == 20
+    for kind in STORY_KINDS:  # held out: each kind, all shapes; kept: each kind, every colour and shape
+        assert {s for k, _, s in val if k == kind} == set(SHAPES)
+        assert {c for k, c, _ in train if k == kind} == set(COLOURS)
+        assert {s for k, _, s in train if k == kind} == set(SHAPES)
     for key in stories_in("hard"):
         assert pairs(story_turns(*key)) & HARD_PAIRS
     for key in stories_in("train") + stories_in("val"):
@@ -93,6 +100,9 @@ def test_held_out_items_occur_in_no_training_shard(tmp_path, layout):
         records = _records(spec)
         assert len(records) == 60 and all(r["world"]["split"] == split for r in records)
         assert not {signature(_turns(r)) for r in records} & train_signatures
+        if layout == "stories":  # every held-out story drawn equally often (60 over 8 or 8: 7 or 8 times)
+            counts = Counter(signature(_turns(r)) for r in records)
+            assert len(counts) == len(stories_in(split)) and max(counts.values()) - min(counts.values()) <= 1
     assert all(pairs(_turns(r)) & HARD_PAIRS for r in _records(shards.hard))
 
 
