@@ -9,7 +9,7 @@ from typing import Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from evaluation.extractors import ExtractorPaths, Extractors, load_extractors, tiny_extractors
-from evaluation.items import decoding_preset, detect_protocol, read_items
+from evaluation.items import SPEAKERS, decoding_preset, detect_protocol, read_items
 from evaluation.protocols import ClipF1, Draw, ProtocolOptions, Run, comparison_grid, run_protocol
 from evaluation.report import metric_value
 from evaluation.systems import MiniGPT5System, VistPrompt, target_prompt
@@ -37,7 +37,8 @@ class EvaluationCallback(Callback):
     choices are ``minigpt5 eval``'s, with its defaults: ``draw`` (``free``: the model decides
     whether to draw and ``eval/drawn`` logs the share it drew for; ``forced``: teacher-forced
     vokens; pairs and stories only, responses are always free), ``vist_prompt``, ``clip_f1``
-    and ``bleu``.
+    and ``bleu``. ``speakers`` (mmdialog: whose turns are targets) left at None follows the
+    datamodule's ``choices.speakers``, the turns the model trains to write.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class EvaluationCallback(Callback):
         protocol: Optional[str] = None,
         targets: str = "all",
         context: str = "both",
+        speakers: Optional[str] = None,
         extractors: str = "real",
         guidance_scale: Optional[float] = None,
         num_inference_steps: Optional[int] = None,
@@ -69,11 +71,15 @@ class EvaluationCallback(Callback):
             raise ValueError("EvaluationCallback needs exactly one of every_n_epochs and every_n_steps")
         if (every_n_epochs or every_n_steps) < 1 or max_items < 2:
             raise ValueError("EvaluationCallback: the interval must be >= 1 and max_items >= 2")
+        if speakers not in (None, *SPEAKERS):
+            raise ValueError(f"EvaluationCallback.speakers must be one of {', '.join(SPEAKERS)} or None; "
+                             f"got {speakers!r}")
         if extractors not in ("real", "tiny"):
             raise ValueError(f"EvaluationCallback.extractors must be real or tiny; got {extractors!r}")
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.max_items, self.shards, self.protocol = max_items, shards, protocol
         self.targets, self.context, self.extractor_kind, self.paths = targets, context, extractors, paths
+        self.speakers = speakers
         self.decoding = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              repetition_penalty=repetition_penalty, penalty_scope=penalty_scope, seed=seed)
@@ -102,6 +108,10 @@ class EvaluationCallback(Callback):
     def _shards(self, trainer: Trainer) -> Optional[str]:
         return self.shards or getattr(trainer.datamodule, "val_shards", None)
 
+    def _speakers(self, trainer: Trainer) -> str:
+        choices = getattr(trainer.datamodule, "choices", None)
+        return self.speakers or getattr(choices, "speakers", "both")
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):
             return
@@ -122,8 +132,8 @@ class EvaluationCallback(Callback):
         was_training = model.training
         model.eval()
         try:
-            run = run_protocol(system, read_items(shards, protocol, self.targets, self.max_items), protocol,
-                               self._extractors, model.cfg.diffusion.resolution,
+            items = read_items(shards, protocol, self.targets, self.max_items, speakers=self._speakers(trainer))
+            run = run_protocol(system, items, protocol, self._extractors, model.cfg.diffusion.resolution,
                                options=self.options.for_protocol(protocol), keep_examples=self.grid_items,
                                progress=False)
         finally:

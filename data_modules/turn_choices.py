@@ -253,9 +253,13 @@ def story_examples(turns: list[SourceTurn[I]], key: str, choices: TurnChoices, t
             for t in steps for task in choices.story_tasks if t >= FIRST_STEP[task]]
 
 
+def speaker_at(index: int) -> str:
+    """Who says a dialogue's turn ``index``: speakers alternate by position, the user first."""
+    return USER if index % 2 == 0 else ASSISTANT
+
+
 def _speaker(turn: SourceTurn[Any]) -> str:
-    """Who says a dialogue turn: speakers alternate by position, the user first."""
-    return USER if turn.index % 2 == 0 else ASSISTANT
+    return speaker_at(turn.index)
 
 
 def _role(turn: SourceTurn[Any], choices: TurnChoices) -> Optional[str]:

@@ -5,7 +5,9 @@
   text and images plus the current step's text in, the image out), or only each
   story's last step (``targets="last"``).
 - ``mmdialog``: one item per response turn (every turn after the first, or only the
-  last); the dialogue history in, the response's text and images out.
+  last; of either speaker, as the official code, or the assistant's alone, as a model
+  trained with ``data.choices.speakers: assistant``); the dialogue history in, the
+  response's text and images out.
 - ``synthetic-vist``, ``synthetic-dialog``: the synthetic world's stories and dialogues
   (``minigpt5 data synthetic --stories|--dialogues``), one item per turn its rules
   score (story steps after the first, assistant replies), each carrying the rule
@@ -24,6 +26,7 @@ from PIL import Image
 
 from data_modules.interleaved import read_turns
 from data_modules.shards import BadSample, SampleCounter, decode_sample, expand_shards
+from data_modules.turn_choices import ASSISTANT, speaker_at
 from minigpt5.templates import Layout
 
 log = logging.getLogger(__name__)
@@ -64,20 +67,28 @@ def world_rules(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return turns
 
 
-def _targets(protocol: Protocol, num_turns: int, targets: str) -> range:
+SPEAKERS = ("both", "assistant")
+
+
+def _targets(protocol: Protocol, num_turns: int, targets: str, speakers: str) -> list[int]:
     first = 0 if protocol in ("cc3m", "vist") else 1  # a response (or a world turn) needs a history
-    return range(num_turns - 1, num_turns) if targets == "last" else range(first, num_turns)
+    candidates = [t for t in range(first, num_turns)
+                  if protocol != "mmdialog" or speakers == "both" or speaker_at(t) == ASSISTANT]
+    return candidates[-1:] if targets == "last" else candidates
 
 
 def read_items(
     shards: str, protocol: Protocol, targets: str = "all", max_items: Optional[int] = None,
-    counter: Optional[SampleCounter] = None,
+    counter: Optional[SampleCounter] = None, speakers: str = "both",
 ) -> Iterator[EvalItem]:
-    """The test items of ``protocol`` in shard order; bad samples are logged, counted and skipped."""
+    """The test items of ``protocol`` in shard order; bad samples are logged, counted and skipped.
+    ``speakers`` (mmdialog): whose turns are targets, either speaker's or the assistant's."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     if targets not in ("all", "last"):
         raise ValueError(f"targets must be all or last; got {targets!r}")
+    if speakers not in SPEAKERS:
+        raise ValueError(f"speakers must be one of {', '.join(SPEAKERS)}; got {speakers!r}")
     counter = counter or SampleCounter()
     produced = 0
     for sample in wds.WebDataset(expand_shards(shards), shardshuffle=False, empty_check=False):
@@ -93,7 +104,7 @@ def read_items(
         except BadSample as err:
             counter(err)
             continue
-        for t in _targets(protocol, len(turns), targets):
+        for t in _targets(protocol, len(turns), targets, speakers):
             if rules and not rules[t]["scored"]:
                 continue  # a user's turn: not the model's to write
             if protocol == "vist" and not turns[t][1]:

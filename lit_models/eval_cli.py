@@ -32,7 +32,7 @@ import torch
 from data_modules.shards import SampleCounter
 from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import ExtractorPaths, load_extractors, tiny_extractors
-from evaluation.items import PROTOCOLS, WORLD_PROTOCOLS, decoding_preset, read_items
+from evaluation.items import PROTOCOLS, SPEAKERS, WORLD_PROTOCOLS, decoding_preset, read_items
 from evaluation.protocols import (
     CLIP_F1_DEFINITIONS, DRAW_MODES, DRAW_PROTOCOLS, ProtocolOptions, Run, comparison_grid, run_protocol,
 )
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", required=True, help="test shards, brace pattern (as written by `minigpt5 data`)")
     parser.add_argument("--targets", choices=("all", "last"), default="all",
                         help="vist/mmdialog: every step/response, or only the last of each story/dialogue")
+    parser.add_argument("--speakers", choices=SPEAKERS, default="both",
+                        help="mmdialog: whose turns are targets: both (every turn after the first, as the official "
+                             "code) or assistant (as a model trained with data.choices.speakers: assistant)")
     parser.add_argument("--context", choices=("both", "text", "images"), default="both",
                         help="vist/mmdialog: what of the earlier turns the model sees")
     parser.add_argument("--draw", choices=DRAW_MODES, default="free",
@@ -167,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         for name in args.systems:
             system = make_system(name, model, args, dataclasses.replace(gen, guidance_scale=scale))
             counter = SampleCounter()
-            items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter)
+            items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter, args.speakers)
             run = run_protocol(system, items, args.protocol, extractors, resolution, options=options,
                                keep_examples=args.examples, progress=not args.no_progress, total=args.max_items)
             stem = f"{name}_g{system.settings['guidance_scale']:g}"
@@ -190,6 +193,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         "shards": args.shards,
         "targets": args.targets if args.protocol != "cc3m" else "all",
         "context": args.context if args.protocol != "cc3m" else "none",
+        **({"speakers": args.speakers} if args.protocol == "mmdialog" else {}),
         **scoring_header(args, options),
         "extractors": extractors.kind if extractors.kind == "real"
         else "tiny (random networks: these numbers only check the pipeline)",

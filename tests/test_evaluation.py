@@ -17,6 +17,7 @@ from PIL import Image
 
 from callbacks.evaluation import EvaluationCallback
 from data_modules.synthetic import write_synthetic
+from data_modules.turn_choices import TurnChoices
 from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.extractors import tiny_extractors
 from evaluation.image_metrics import clip_image_embeddings, fid
@@ -119,11 +120,17 @@ def test_mmdialog_eval_scores_text_and_images(stage2_ckpt, data, tmp_path):
     assert row["metrics"]["drawn"]["count"] == 6
     assert [r["system"] for r in results["rows"] if r["kind"] == "quoted"] == ["Divter", "MiniGPT-5 (published)"]
     assert results["clip_f1"].startswith("official") and results["bleu"] == "over words"
+    assert results["speakers"] == "both"
     other = run_eval(["--ckpt", str(stage2_ckpt), "--protocol", "mmdialog", "--shards", data["dialogues"],
-                      "--max-new-tokens", "12", "--clip-f1", "image", "--bleu", "chars"], tmp_path / "other")
+                      "--max-new-tokens", "12", "--clip-f1", "image", "--bleu", "chars", "--speakers", "assistant"],
+                     tmp_path / "other")
     assert other["clip_f1"].startswith("image") and "characters" in other["bleu"]
-    # The same responses (same seeds), scored by the other definitions.
-    assert [e["response"] for e in other["rows"][0]["examples"]] == [e["response"] for e in row["examples"]]
+    # The assistant's turns alone (1 and 3 of each dialogue): the same responses (same seeds) there,
+    # scored by the other definitions.
+    assert other["speakers"] == "assistant" and other["rows"][0]["metrics"]["items"] == 4
+    responses = {(e["group"], e["step"]): e["response"] for e in row["examples"]}
+    assert [e["step"] for e in other["rows"][0]["examples"]] == [1, 3, 1, 3]
+    assert all(e["response"] == responses[e["group"], e["step"]] for e in other["rows"][0]["examples"])
     assert other["rows"][0]["metrics"]["bleu1"] != row["metrics"]["bleu1"]
 
 
@@ -374,6 +381,13 @@ def test_evaluation_callback_runs_the_eval_protocols_choices():
         EvaluationCallback(draw="sometimes")
     with pytest.raises(ConfigError, match="vist_prompt must be one of"):
         EvaluationCallback(vist_prompt="story")
+    # mmdialog's targets: the datamodule's speakers unless set (a model is scored on the turns it trains to write)
+    trainer = types.SimpleNamespace(datamodule=types.SimpleNamespace(choices=TurnChoices(speakers="assistant")))
+    assert callback._speakers(trainer) == "assistant"
+    assert EvaluationCallback(speakers="both")._speakers(trainer) == "both"
+    assert callback._speakers(types.SimpleNamespace(datamodule=None)) == "both"
+    with pytest.raises(ValueError, match="speakers must be one of"):
+        EvaluationCallback(speakers="user")
 
 
 @pytest.mark.slow

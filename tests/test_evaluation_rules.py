@@ -192,6 +192,11 @@ def test_mmdialog_items_are_responses_after_the_first_turn(samples_dir, tmp_path
     assert [i.step for i in read_items(spec, "mmdialog", targets="last")] == [8]
     assert detect_protocol(spec) == "mmdialog"
     assert len(list(read_items(spec, "mmdialog", max_items=3))) == 3
+    # the assistant's turns alone (the user speaks first): what data.choices.speakers=assistant trains
+    assert [i.step for i in read_items(spec, "mmdialog", speakers="assistant")] == [1, 3, 5, 7]
+    assert [i.step for i in read_items(spec, "mmdialog", targets="last", speakers="assistant")] == [7]
+    with pytest.raises(ValueError, match="speakers must be one of"):
+        next(read_items(spec, "mmdialog", speakers="user"))
 
 
 def test_cc3m_items_are_caption_image_pairs(samples_dir, tmp_path):
