@@ -47,7 +47,7 @@ demo: install
 	@echo "  held-out dialogues: $(DEMO)/dialogue/results.md and $(DEMO)/dialogue/examples_minigpt5_g2.html"
 	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO)"
 
-# The paper's questions in miniature (about 35-45 minutes on 2 cores): variants trained from the
+# The paper's questions in miniature (about 30-45 minutes on 2 cores): variants trained from the
 # demo's data and stand-ins, scored on the held-out splits -> outputs/reproduce/results.md.
 reproduce: install
 	@test -d $(DEMO)/tiny_lm/model || $(MAKE) demo
