@@ -13,27 +13,34 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torchvision.utils import make_grid
 
-from data_modules.synthetic import COLOURS, SHAPES, caption_for, colour_of, dominant_colour
+from data_modules.synthetic import COLOURS, SHAPES, caption_for, colour_of, dominant_colour, dominant_shape, shape_of
 from lit_models.module import MiniGPT5Module
 from minigpt5.images import to_pil_images
 
 
-def colour_accuracy(module: MiniGPT5Module, captions: list[str], seeds: int, scale: float, steps: int) -> tuple[float, torch.Tensor]:
-    """Fraction of images whose dominant colour matches the caption, and the images."""
+def caption_scores(
+    module: MiniGPT5Module, captions: list[str], seeds: int, scale: float, steps: int, sampler: Optional[str] = None,
+) -> tuple[float, float, torch.Tensor]:
+    """Fractions of images whose dominant colour and whose shape are the caption's, and the images;
+    ``sampler`` None: the model's own (guidance.sampler)."""
     module.eval()
     images = torch.cat([
         module.model.generate_images(
-            captions, scale=scale, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)
+            captions, scale=scale, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+            sampler=sampler,
         )
         for seed in range(seeds)
     ])  # (seeds * C, 3, H, W)
     pils = to_pil_images(images)
-    hits = [dominant_colour(p) == colour_of(c) for p, c in zip(pils, captions * seeds)]
-    return sum(hits) / len(hits), images
+    wanted = captions * seeds
+    colours = [dominant_colour(p) == colour_of(c) for p, c in zip(pils, wanted)]
+    shapes = [dominant_shape(p) == shape_of(c) for p, c in zip(pils, wanted)]
+    return sum(colours) / len(colours), sum(shapes) / len(shapes), images
 
 
 def main() -> None:
@@ -56,12 +63,13 @@ def main() -> None:
     results = {}
     grids = []
     for name, module in (("trained", trained), ("untrained", untrained)):
-        accuracy, images = colour_accuracy(module, captions, args.seeds, scale, steps)
-        results[name] = accuracy
+        results[name], results[f"{name}_shape"], images = caption_scores(module, captions, args.seeds, scale, steps)
         grids.append(images[: len(captions)])
     results.update(chance=1 / len(COLOURS), images_per_model=len(captions) * args.seeds, guidance_scale=scale, steps=steps)
     print(f"colour follows caption: trained {results['trained']:.0%}, untrained {results['untrained']:.0%}, "
           f"chance {results['chance']:.0%} ({results['images_per_model']} images each, guidance {scale}, {steps} steps)")
+    print(f"shape follows caption: trained {results['trained_shape']:.0%}, untrained {results['untrained_shape']:.0%}, "
+          f"chance {1 / len(SHAPES):.0%}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,12 +45,22 @@ CAPTION_TEMPLATES = (
 CAPTION_LEADS = ("then", "first", "finally", "now", "and", "next", "here is", "this is", "look at", "so")
 
 
+def _first_named(caption: str, words: Iterable[str], what: str) -> str:
+    known = set(words)
+    for word in re.findall(r"[a-z]+", caption.lower()):
+        if word in known:
+            return word
+    raise ValueError(f"caption {caption!r} names none of the {what} {sorted(known)}")
+
+
 def colour_of(caption: str) -> str:
     """The palette colour named in ``caption``; ValueError if there is none."""
-    for word in re.findall(r"[a-z]+", caption.lower()):
-        if word in COLOURS:
-            return word
-    raise ValueError(f"caption {caption!r} names none of the colours {sorted(COLOURS)}")
+    return _first_named(caption, COLOURS, "colours")
+
+
+def shape_of(caption: str) -> str:
+    """The shape named in ``caption``; ValueError if there is none."""
+    return _first_named(caption, SHAPES, "shapes")
 
 
 def draw_shape(colour: str, shape: str, size: int, rng: np.random.Generator) -> Image.Image:

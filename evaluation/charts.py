@@ -1,4 +1,5 @@
-"""Grouped bar charts drawn with PIL (no plotting library needed): one PNG per results table."""
+"""Charts drawn with PIL (no plotting library needed): grouped bars (one PNG per results table) and
+lines (a score against a setting, one line per series)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,7 @@ def bar_chart(
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 50, width - 10, 30, height - 90
     draw.text((left, 8), title, fill="black")
-    for tick in range(0, 11, 2):  # y axis: 0 .. 1
-        y = bottom - (bottom - top) * tick / 10
-        draw.line((left - 4, y, right, y), fill=(225, 225, 225))
-        draw.text((8, y - 6), f"{tick / 10:.1f}", fill="black")
+    _y_axis(draw, left, right, top, bottom)
     slot = (right - left) / max(1, len(groups))
     bar = slot * 0.8 / max(1, len(series))
     for g, group in enumerate(groups):
@@ -34,9 +32,55 @@ def bar_chart(
             draw.rectangle((x, bottom - (bottom - top) * max(0.0, min(1.0, value)), x + bar - 2, bottom),
                            fill=PALETTE[s % len(PALETTE)])
         draw.text((x0, bottom + 4), group[:int(slot / 6)], fill="black")
-    for s, name in enumerate(series):  # legend, under the axis
-        y = bottom + 24 + 14 * (s % 4)
+    _legend(draw, list(series), left, bottom + 24)
+    return image
+
+
+def _legend(draw: ImageDraw.ImageDraw, names: list[str], left: int, top: int) -> None:
+    for s, name in enumerate(names):  # four rows a column
+        y = top + 14 * (s % 4)
         x = left + (s // 4) * 300
         draw.rectangle((x, y, x + 10, y + 10), fill=PALETTE[s % len(PALETTE)])
         draw.text((x + 14, y - 1), name[:45], fill="black")
+
+
+def _y_axis(draw: ImageDraw.ImageDraw, left: int, right: int, top: int, bottom: int) -> None:
+    for tick in range(0, 11, 2):  # 0 .. 1
+        y = bottom - (bottom - top) * tick / 10
+        draw.line((left - 4, y, right, y), fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{tick / 10:.1f}", fill="black")
+
+
+def line_chart(
+    title: str, x_label: str, xs: list[float], series: dict[str, list[Optional[float]]],
+    width: int = 900, height: int = 420,
+) -> Image.Image:
+    """Lines of values in [0, 1] against ``xs`` (ticks at each x, spaced by value): one line and
+    marker set per entry of ``series``; a missing value (None) breaks its line there."""
+    if not xs or any(len(v) != len(xs) for v in series.values()):
+        raise ValueError(f"line_chart: every series needs one value per x ({len(xs)})")
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 50, width - 20, 30, height - 90
+    draw.text((left, 8), title, fill="black")
+    _y_axis(draw, left, right, top, bottom)
+    low, high = min(xs), max(xs)
+
+    def at(x: float, value: float) -> tuple[float, float]:
+        fx = (x - low) / (high - low) if high > low else 0.5
+        return left + fx * (right - left), bottom - (bottom - top) * max(0.0, min(1.0, value))
+
+    for x in xs:
+        draw.text((at(x, 0)[0] - 6, bottom + 4), f"{x:g}", fill="black")
+    draw.text((right - 6 * len(x_label), bottom + 4 + 12), x_label, fill="black")
+    for s, values in enumerate(series.values()):
+        colour = PALETTE[s % len(PALETTE)]
+        points = [at(x, v) if v is not None else None for x, v in zip(xs, values)]
+        for a, b in zip(points, points[1:]):
+            if a is not None and b is not None:
+                draw.line((a, b), fill=colour, width=2)
+        for point in points:
+            if point is not None:
+                draw.ellipse((point[0] - 3, point[1] - 3, point[0] + 3, point[1] + 3), fill=colour)
+    _legend(draw, list(series), left, bottom + 36)
     return image

@@ -15,6 +15,7 @@ from minigpt5.builders import (
     llm_embedding_rows,
 )
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.guidance import build_sampler
 from minigpt5.model import MiniGPT5
 from minigpt5.tokenizer import build_tiny_tokenizer
 
@@ -96,6 +97,8 @@ def test_tiny_parts_follow_config():
     assert parts.unet.config.cross_attention_dim == 16
     assert parts.text_encoder.config.hidden_size == 16
     assert parts.scheduler.config.prediction_type == "v_prediction"
+    # no x0 clipping at sampling, as SD 2.1's scheduler config (diffusers' DDPM default clips; DDIM inherits it)
+    assert not parts.scheduler.config.clip_sample and not build_sampler("ddim", parts.scheduler.config).config.clip_sample
     assert isinstance(parts.latents, PixelSpace) and parts.unet.config.in_channels == 3
     for module in (parts.llm, parts.text_encoder, parts.unet):
         assert all(p.dtype == torch.float32 for p in module.parameters())

@@ -10,7 +10,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data_modules.synthetic import CAPTION_LEADS, CAPTION_TEMPLATES, COLOURS, SHAPES, colour_of, dominant_colour, write_synthetic
+from data_modules.synthetic import (
+    CAPTION_LEADS, CAPTION_TEMPLATES, COLOURS, SHAPES, colour_of, dominant_colour, shape_of, write_synthetic,
+)
 from minigpt5.images import to_pil_images, to_target_tensor
 
 
@@ -72,8 +74,11 @@ def test_dominant_colour_none_and_bad_input():
         dominant_colour(np.zeros((4, 4)))
 
 
-def test_colour_of():
+def test_colour_of_and_shape_of():
     assert colour_of("a purple triangle") == "purple"
     assert colour_of("An Orange circle.") == "orange"
     with pytest.raises(ValueError, match="names none of the colours"):
         colour_of("a black square")
+    assert shape_of("the Triangle is purple") == "triangle" and shape_of("then a red circle") == "circle"
+    with pytest.raises(ValueError, match="names none of the shapes"):
+        shape_of("a red star")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from data_modules.synthetic import write_synthetic
 from lit_models.cli import main
@@ -53,3 +55,17 @@ def test_pretrained_tiny_sd_is_loaded_frozen_by_stage_one(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "colour follows caption: trained" in result.stdout
     assert out.is_file() and out.with_suffix(".json").is_file()
+    assert "shape follows caption: trained" in result.stdout
+
+    # The sampler sweep on it: each setting's UNet calls counted (dpm++ and ddim: one per step), curves written.
+    curves = tmp_path / "steps.png"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sampler_steps.py"), "--ckpt", str(ckpt),
+                             "--samplers", "ddim", "dpm++", "--steps", "1", "3", "--reference-steps", "3",
+                             "--seeds", "1", "--out", str(curves)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(curves.with_suffix(".json").read_text())
+    assert {s: {k: r["unet_calls"] for k, r in rows.items()} for s, rows in figures["rows"].items()} == {
+        "ddim": {"1": 1, "3": 3}, "dpm++": {"1": 1, "3": 3}}
+    assert all(0 <= r["score"] <= 1 for rows in figures["rows"].values() for r in rows.values())
+    assert "dpm++" in figures["verdicts"] and "reference: ddim at 3 steps" in result.stdout
+    assert Image.open(curves).size == (900, 420)
