@@ -101,6 +101,8 @@ bench: install
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/activation_checkpointing.py
 	$(BIN)/python benchmarks/data_path.py
+	@if [ -f $(DEMO)/uas/checkpoints/last.ckpt ]; then $(BIN)/python benchmarks/sampler_steps.py; \
+	else echo "benchmarks/sampler_steps.py skipped: it reads the demo's stage-1 checkpoint (make demo first)"; fi
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache
