@@ -69,14 +69,16 @@ def main() -> None:
     rows: dict[str, dict[int, dict[str, float]]] = {}
     print(f"{len(captions) * args.seeds} images a setting, guidance {scale}")
     print(f"{'sampler':8} {'steps':>5} {'UNet calls':>10} {'colour':>7} {'shape':>6} {'score':>6}")
+    xs = sorted(args.steps)
     for sampler in args.samplers:
         rows[sampler] = {}
-        for steps in sorted(args.steps):
+        for steps in xs:
             before = counter.calls
             colour, shape, _ = caption_scores(module, captions, args.seeds, scale, steps, sampler)
             calls = (counter.calls - before) / args.seeds  # one generate_images call per seed
-            rows[sampler][steps] = {"colour": colour, "shape": shape, "score": (colour + shape) / 2, "unet_calls": calls}
-            print(f"{sampler:8} {steps:5d} {calls:10.0f} {colour:7.2f} {shape:6.2f} {(colour + shape) / 2:6.2f}")
+            row = rows[sampler][steps] = {"colour": colour, "shape": shape, "score": (colour + shape) / 2,
+                                          "unet_calls": calls}
+            print(f"{sampler:8} {steps:5d} {calls:10.0f} {colour:7.2f} {shape:6.2f} {row['score']:6.2f}")
 
     references = {s: rows[s][args.reference_steps] for s in SINGLE_STEP if s in rows}
     verdicts = {}
@@ -98,7 +100,6 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    xs = sorted(args.steps)
     chart = line_chart(f"caption following (mean of colour and shape right) against steps, guidance {scale:g}",
                        "steps", xs, {s: [rows[s][x]["score"] for x in xs] for s in rows})
     chart.save(out)
