@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from PIL import Image
 
@@ -57,6 +57,26 @@ footer { font-size: 0.8em; color: #666; margin-top: 2em; }
 """
 
 
+def image_names(result: GenerationResult) -> list[str]:
+    """File names of the generated images, in order: ``image_000.png`` .."""
+    return [f"image_{i:03d}.png" for i in range(len(result.images))]
+
+
+def story_record(result: GenerationResult) -> dict[str, Any]:
+    """JSON-able summary: segments (text, or the image's file name), settings, seed, tokens."""
+    names = iter(image_names(result))
+    segments = [{"text": s} if isinstance(s, str) else {"image": next(names)} for s in result.segments]
+    return {
+        "prompt": result.prompt,
+        "num_input_images": len(result.input_images),
+        "segments": segments,
+        "settings": result.settings,
+        "seed": result.settings["seed"],
+        "stopped": result.stopped,
+        "token_ids": result.token_ids,
+    }
+
+
 def story_html(result: GenerationResult) -> str:
     """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
     prompt_parts: list[str] = []
@@ -67,7 +87,7 @@ def story_html(result: GenerationResult) -> str:
         if piece:
             prompt_parts.append(_text_html(piece))
     story: list[str] = []
-    names = iter(result.image_names())
+    names = iter(image_names(result))
     for segment in result.segments:
         story.append(f"<p>{_text_html(segment)}</p>" if isinstance(segment, str) else _img_html(segment, next(names)))
     settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
@@ -87,12 +107,12 @@ def write_outputs(result: GenerationResult, out_dir: Union[str, Path]) -> Output
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = OutputPaths(html=out / "story.html", record=out / "record.json")
-    for image, name in zip(result.images, result.image_names()):
+    for image, name in zip(result.images, image_names(result)):
         path = out / name
         path.write_bytes(_png_bytes(image))
         paths.images.append(path)
     paths.html.write_text(story_html(result), encoding="utf-8")
-    paths.record.write_text(json.dumps(result.to_record(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths.record.write_text(json.dumps(story_record(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return paths
 
 

@@ -1,8 +1,12 @@
-"""PEFT adapters on the frozen LLM: LoRA or prefix tuning, or none."""
+"""PEFT adapters on the frozen LLM: LoRA or prefix tuning, or none; and what an adapter
+changes about calling the LLM (:meth:`minigpt5.model.MiniGPT5.llm_step` reads it)."""
 
 from __future__ import annotations
 
+import inspect
+
 from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+from torch import nn
 from transformers import PreTrainedModel
 
 from minigpt5.config import ConfigError, PeftSettings
@@ -33,3 +37,22 @@ def apply_adapter(llm: PreTrainedModel, cfg: PeftSettings) -> tuple[PreTrainedMo
     # PEFT leaves exactly the adapter's own parameters trainable.
     names = {name for name, p in wrapped.named_parameters() if p.requires_grad}
     return wrapped, names
+
+
+def base_model(llm: nn.Module) -> nn.Module:
+    """The LLM under its adapter (``llm`` itself without one)."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def prefix_length(llm: nn.Module) -> int:
+    """Virtual tokens a prompt-learning adapter (prefix tuning) puts in front; 0 otherwise."""
+    peft_config = getattr(llm, "active_peft_config", None)
+    if peft_config is None or not peft_config.is_prompt_learning:
+        return 0
+    return peft_config.num_virtual_tokens
+
+
+def cache_argument(llm: nn.Module) -> str:
+    """Name of the KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    forward = base_model(llm).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"

@@ -23,7 +23,6 @@ Everything random (token sampling and the diffusion noise) is drawn from one
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -129,25 +128,6 @@ class GenerationResult:
         without the leading space a byte-level one keeps)."""
         return " ".join(s.strip() for s in self.segments if isinstance(s, str) and s.strip())
 
-    def image_names(self) -> list[str]:
-        return [f"image_{i:03d}.png" for i in range(len(self.images))]
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary: segments (text, or the image's file name), settings, seed, tokens."""
-        names = iter(self.image_names())
-        segments = [
-            {"text": s} if isinstance(s, str) else {"image": next(names)} for s in self.segments
-        ]
-        return {
-            "prompt": self.prompt,
-            "num_input_images": len(self.input_images),
-            "segments": segments,
-            "settings": self.settings,
-            "seed": self.settings["seed"],
-            "stopped": self.stopped,
-            "token_ids": self.token_ids,
-        }
-
 
 # ---- the prompt ----
 
@@ -190,24 +170,6 @@ def encode_prompt(
 
 # ---- the LLM, with or without a KV cache ----
 
-def _cache_kwarg(llm: torch.nn.Module) -> str:
-    """Name of the KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
-    forward = _base_llm(llm).forward
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-
-
-def _base_llm(llm: torch.nn.Module) -> torch.nn.Module:
-    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-
-
-def _prefix_length(llm: torch.nn.Module) -> int:
-    """Virtual tokens a prompt-learning adapter (prefix tuning) puts in front; 0 otherwise."""
-    peft_config = getattr(llm, "active_peft_config", None)
-    if peft_config is None or not peft_config.is_prompt_learning:
-        return 0
-    return peft_config.num_virtual_tokens
-
-
 class _Reader:
     """Feeds new tokens to the LLM; returns the next-token logits and the new positions' states.
 
@@ -223,8 +185,6 @@ class _Reader:
         self.ids: list[int] = []
         self.pixels: list[torch.Tensor] = []  # (3, S, S) per <ImageHere> run, in order
         self.cache: Any = None
-        self.cache_kwarg = _cache_kwarg(model.llm)
-        self.prefix = _prefix_length(model.llm)
 
     def context_pixels(self) -> Optional[torch.Tensor]:
         return torch.stack(self.pixels) if self.pixels else None  # (M, 3, S, S)
@@ -240,33 +200,19 @@ class _Reader:
         if self.use_cache:
             new = torch.tensor([ids], device=self.device)  # (1, k)
             new_pixels = pixels.to(self.device) if pixels is not None else None
-            out = self._call(self.model.embed_inputs(new, new_pixels), mask)
-            self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            embeds = self.model.embed_inputs(new, new_pixels)  # (1, k, D)
         else:
             full = torch.tensor([self.ids], device=self.device)  # (1, T)
-            out = self._call(self.model.embed_inputs(full, self.context_pixels()), mask)
-        hidden = out.hidden_states[-1][0, -k:]  # (k, D), after the final norm, as in training
-        logits = self.model.vokens.extend_logits(hidden[None, -1:], out.logits[:, -1:])  # (1, 1, V + n)
-        return logits[0, -1].float(), hidden
+            embeds = self.model.embed_inputs(full, self.context_pixels())  # (1, T, D)
+        step = self.model.llm_step(embeds, mask, self.cache, use_cache=self.use_cache, logits_to_keep=1)
+        self.cache = step.cache
+        return step.logits[0, -1].float(), step.hidden[0, -k:]  # (V + n,), (k, D)
 
     def rewind(self, k: int) -> None:
         """Forget the last ``k`` tokens (none of them image placeholders), cache included."""
         self.ids = self.ids[:-k]
         if self.cache is not None:
             self.cache.crop(-k)  # a negative argument removes that many positions from the end
-
-    def _call(self, embeds: torch.Tensor, mask: torch.Tensor) -> Any:
-        llm = self.model.llm
-        kwargs: dict[str, Any] = dict(output_hidden_states=True, use_cache=self.use_cache, logits_to_keep=1)
-        if self.cache is not None:
-            kwargs[self.cache_kwarg] = self.cache
-            if self.prefix:
-                # PEFT's prefix tuning replaces any cache it is given with a fresh prefix, so later
-                # steps go to the base model directly, the prefix already in the cache and the mask.
-                llm = _base_llm(llm)
-                prefix = torch.ones(1, self.prefix, dtype=mask.dtype, device=mask.device)
-                mask = torch.cat([prefix, mask], dim=1)  # (1, P + T)
-        return llm(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
 
 # ---- choosing the next token ----

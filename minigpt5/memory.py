@@ -164,8 +164,7 @@ def measure_activations(model: MiniGPT5, batch: int, seq_len: int) -> Activation
     counter = SavedTensors(model)
 
     def llm() -> None:  # as llm_forward and text_loss run it
-        out = model.llm(inputs_embeds=x.embeds, attention_mask=x.mask, use_cache=False, output_hidden_states=True)
-        logits = model.vokens.extend_logits(out.hidden_states[-1], out.logits)  # (B, T, V + n)
+        logits = model.llm_step(x.embeds, x.mask).logits  # (B, T, V + n)
         F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x.labels)
 
     def unet() -> None:  # as ldm_loss runs it: UNet, then MSE in float32

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from minigpt5.adapters import apply_adapter
+from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config
 from minigpt5.fingerprint import fingerprints
@@ -48,6 +48,15 @@ class MiniGPT5Output:
         if self.cap is not None:
             total = total + weights.cap_weight * self.cap
         return total
+
+
+@dataclass
+class LLMStep:
+    """What one LLM call (:meth:`MiniGPT5.llm_step`) returns."""
+
+    logits: torch.Tensor  # (B, K, V + n) over the vocabulary and the vokens, at the last K positions fed
+    hidden: torch.Tensor  # (B, k, D) last-layer states of the positions fed, after the final norm
+    cache: Any = None  # the KV cache of every position so far (with use_cache), for the next step
 
 
 def zero_through(module: nn.Module) -> torch.Tensor:
@@ -233,9 +242,40 @@ class MiniGPT5(nn.Module):
         (``image_tokens``: as :meth:`embed_inputs` takes them)."""
         embeds = self.embed_inputs(input_ids, input_pixels, image_tokens)  # (B, T, D)
         # No KV cache: nothing reuses it, and a checkpointed layer would write it twice.
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states[-1]  # (B, T, D), after the final norm
-        return self.vokens.extend_logits(hidden, out.logits), hidden
+        step = self.llm_step(embeds, attention_mask)
+        return step.logits, step.hidden
+
+    def llm_step(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None, *,
+        use_cache: bool = False, logits_to_keep: int = 0,
+    ) -> LLMStep:
+        """One LLM call: embeddings of the new positions (B, k, D), the mask of every position so
+        far (B, T), and ``cache``, the KV cache of the positions before the new ones (None: there
+        are none) -> logits at the last ``logits_to_keep`` positions (0: all), the new positions'
+        states, and with ``use_cache`` the cache that includes them.
+
+        What the adapter changes is handled here: the cache argument's name, and prefix tuning,
+        whose PEFT wrapper replaces any cache it is given with a fresh prefix; so a call with a
+        cache goes to the base model directly, the prefix already in the cache and in the mask.
+        """
+        llm = self.llm
+        kwargs: dict[str, Any] = dict(output_hidden_states=True, use_cache=use_cache)
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        if cache is not None:
+            kwargs[cache_argument(llm)] = cache
+            prefix = prefix_length(llm)
+            if prefix:
+                llm = base_model(llm)
+                ones = torch.ones(attention_mask.shape[0], prefix, dtype=attention_mask.dtype,
+                                  device=attention_mask.device)  # (B, P)
+                attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + T)
+        out = llm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        hidden = out.hidden_states[-1]  # (B, k, D)
+        logits = self.vokens.extend_logits(hidden[:, -out.logits.shape[1]:], out.logits)  # (B, K, V + n)
+        if not use_cache:
+            return LLMStep(logits, hidden)
+        return LLMStep(logits, hidden, out.cache if hasattr(out, "cache") else out.past_key_values)
 
     def voken_features(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states at the positions that predict each voken -> (N, n, D).
