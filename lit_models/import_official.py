@@ -87,10 +87,8 @@ import torch
 from safetensors.torch import save_file
 
 from lit_models import checkpoint_files
-from lit_models.cli import run_lightning
-from lit_models.module import MiniGPT5Module
+from lit_models.lightning_cli import dataclass_from, fit_config
 from lit_models.optim import OptimConfig
-from lit_models.plan import ParseOnlyCLI, dataclass_from
 from minigpt5.config import MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError
 from minigpt5.model import MiniGPT5
@@ -418,7 +416,7 @@ def base_model_warnings(cfg: MiniGPT5Config) -> list[str]:
 
 def read_config(args: list[str]) -> tuple[MiniGPT5Config, OptimConfig]:
     """The model and optimizer configs of ``fit``-style ``-c`` files and flags, nothing built."""
-    config = run_lightning(MiniGPT5Module, args, run=False, cli_class=ParseOnlyCLI).config
+    config = fit_config(args)
     return (dataclass_from(MiniGPT5Config, config.model.config.as_dict()),
             dataclass_from(OptimConfig, config.model.optim.as_dict()))
 

@@ -32,16 +32,13 @@ fragmentation. Keep 10-20% of the GPU free beyond the total.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import typing
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
 
-from lit_models.cli import MiniGPT5CLI, run_lightning
-from lit_models.module import MiniGPT5Module
+from lit_models.lightning_cli import dataclass_from, fit_config
 from lit_models.strategies import sharding_unit_classes, unit_parameters
 from minigpt5.config import ConfigError, MiniGPT5Config
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
@@ -120,24 +117,6 @@ def footprint(strategy: str, sizes: ModelSizes, world: int, mixed: bool) -> Foot
 
 # ---- reading the fit configuration without building anything ----
 
-class ParseOnlyCLI(MiniGPT5CLI):
-    """The fit CLI's parser and configs, without instantiating the model, data or trainer."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
-    """``cls`` (a dataclass, nested ones included) from a dict of its fields."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            value = values[f.name]
-            kwargs[f.name] = dataclass_from(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else value
-    return cls(**kwargs)
-
-
 @dataclass
 class RunSettings:
     """What the plan needs from a fit configuration."""
@@ -172,7 +151,7 @@ def device_count(devices: Any) -> int:
 
 def read_settings(args: list[str]) -> RunSettings:
     """Parse ``args`` (``-c`` files and flags, as for ``fit``) into the plan's settings."""
-    config = run_lightning(MiniGPT5Module, args, run=False, cli_class=ParseOnlyCLI).config
+    config = fit_config(args)
     data = config.data.init_args if hasattr(config.data, "init_args") else config.data
     return RunSettings(
         model=dataclass_from(MiniGPT5Config, config.model.config.as_dict()),

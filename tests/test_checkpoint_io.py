@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from lit_models.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
-from lit_models.cli import run_lightning
+from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
 from test_train import BASE, cli, fit_args, shards  # noqa: F401  (shards is a fixture)
 

@@ -315,7 +315,7 @@ class RecordLosses(Callback):
 @pytest.mark.slow
 def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, capsys):
     """Through the CLIs: encode-latents from the training YAML, then 4 steps of `minigpt5 fit` each way."""
-    from lit_models.cli import run_lightning
+    from lit_models.lightning_cli import run_lightning
     from lit_models.module import MiniGPT5Module
     from test_train import ROOT, fit_args
 

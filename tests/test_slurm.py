@@ -16,7 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from lit_models.cli import run_lightning
+from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
 from dist_workers import free_port
 from test_train import BASE, ROOT, fit_args, shards, trainable_weights  # noqa: F401  (shards is a fixture)

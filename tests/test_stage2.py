@@ -9,7 +9,8 @@ import torch
 
 from data_modules.convert.vist import convert_vist
 from data_modules.synthetic import write_synthetic
-from lit_models.cli import main, run_lightning
+from lit_models.cli import main
+from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from lit_models.cli import run_lightning
+from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
 from lit_models.deepspeed_checkpoints import MiniGPT5DeepSpeedStrategy
 from lit_models.strategies import MiniGPT5FSDPStrategy, MiniGPT5WrapPolicy, check_unit_dtypes, find_minigpt5

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from data_modules.synthetic import write_synthetic
-from lit_models.cli import main, run_lightning
+from lit_models.cli import main
+from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module, NonFiniteLossError
 from minigpt5.builders import WeightsNotFoundError
 from minigpt5.config import ConfigError

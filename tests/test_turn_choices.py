@@ -19,9 +19,8 @@ from data_modules.interleaved import InterleavedDataModule, InterleavedEncoder, 
 from data_modules.shards import SampleCounter
 from data_modules.synthetic import write_synthetic
 from data_modules.turn_choices import OFFICIAL, TurnChoices, sample_examples
-from lit_models.cli import run_lightning
+from lit_models.lightning_cli import ParseOnlyCLI, run_lightning
 from lit_models.module import MiniGPT5Module
-from lit_models.plan import ParseOnlyCLI
 from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.task_prompts import MMDIALOG_SYSTEM, VIST_CONTINUE, VIST_GENERATE, VIST_SYSTEM, VIST_UNDERSTAND
