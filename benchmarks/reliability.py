@@ -180,15 +180,16 @@ def not_a_checkpoint(root: Path) -> Row:
 
 
 IN_TESTS = [  # (fault, what the test asserts came through, what was lost, the test)
-    Row("kill during a Lightning save", None, "previous last.ckpt", "the new save", "tests/test_checkpoint_io.py"),
+    Row("kill during a Lightning save", None, "previous last.ckpt", "the new save",
+        "tests/lit_models/test_checkpoint_io.py"),
     Row("kill mid-epoch, then resume (1 process; 2 DDP ranks)", None, "bit-identical weights", "-",
-        "tests/test_train.py, tests/test_distributed_train.py"),
+        "tests/e2e/test_train.py, tests/e2e/test_distributed_train.py"),
     Row("truncated and vanished shards under `minigpt5 fit`", None, "every step", "counted into the checkpoint",
-        "tests/test_data_faults.py"),
+        "tests/e2e/test_data_faults.py"),
     Row("NaN on one of two DDP ranks", None, "checkpoints before that step", "that step",
-        "tests/test_distributed_train.py: every rank stops with the same message"),
+        "tests/e2e/test_distributed_train.py: every rank stops with the same message"),
     Row("corrupted inputs to the converters and data modules", None, "every untouched sample", "the broken one",
-        "tests/test_fuzz_inputs.py: counted skips, or errors naming the file"),
+        "tests/data_modules/test_fuzz_inputs.py: counted skips, or errors naming the file"),
 ]
 
 SCENARIOS: list[Callable[[Path], Row]] = [truncated_shard, vanished_shards, corrupt_samples, mostly_bad, disk_full,

@@ -1,4 +1,8 @@
-"""Shared fixtures: offline Hugging Face settings, a tiny config/model, caption batches."""
+"""Fixtures of every package's tests: offline Hugging Face settings, a tiny config/model, caption
+batches, the dataset samples, shards for short fit runs, and no process left behind.
+
+Fixtures one package's tests share are in that folder's ``conftest.py``; helper modules
+(``processes``, ``fit_runs``, ``batches``, ...) sit beside this file, importable by name."""
 
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ os.environ["TORCH_HOME"] = os.path.join(_HF_TMP, "torch")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from batches import make_caption_batch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -38,20 +43,6 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)  # the mapper is initialised from the global RNG
     return MiniGPT5(tiny_config)
-
-
-def make_caption_batch(
-    model, captions: list[str], generator: Optional[torch.Generator] = None
-) -> dict[str, torch.Tensor]:
-    """A stage-1 batch: caption + vokens tokens, random target pixels in [-1, 1], SD caption ids."""
-    from minigpt5.sequences import tokenize_for_text_encoder
-
-    cfg = model.cfg
-    res = cfg.diffusion.resolution
-    batch = model.caption_batch(captions)
-    batch["target_pixels"] = torch.rand(len(captions), 3, res, res, generator=generator) * 2 - 1  # (N, 3, H, W)
-    batch["caption_ids"] = tokenize_for_text_encoder(model.sd_tokenizer, captions, cfg.diffusion.text_max_length)
-    return batch
 
 
 @pytest.fixture
@@ -73,6 +64,14 @@ def samples_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SAMPLES
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Synthetic caption/image shards for short ``minigpt5 fit`` runs (``fit_runs.py``), one set per module."""
+    from data_modules.synthetic import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("syn"), num=64, val_num=16, size=16, seed=0, shard_size=16)
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,7 @@ def tiny_module():
 
 def global_batch(model, step: int) -> dict[str, torch.Tensor]:
     """The step's batch of all four captions; targets from a generator seeded by the step."""
-    from conftest import make_caption_batch
+    from batches import make_caption_batch
 
     return make_caption_batch(model, CAPTIONS, generator=torch.Generator().manual_seed(step))
 

@@ -20,7 +20,7 @@ from minigpt5.config import ConfigError, LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.model import MiniGPT5
 from minigpt5.projection import read_minigpt4_projection
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reader_config(**vision) -> MiniGPT5Config:

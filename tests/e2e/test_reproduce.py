@@ -36,7 +36,7 @@ def demo_assets(root) -> None:
 
 @pytest.mark.slow
 def test_reproduce_small_budget_writes_every_row(tmp_path, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ are relative to the repository
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # configs/ are relative to the repository
     assets = tmp_path / "demo"
     demo_assets(assets)
     out = tmp_path / "reproduce"

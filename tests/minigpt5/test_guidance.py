@@ -153,7 +153,7 @@ def test_unknown_sampler_is_a_clear_error():
 def test_tiny_default_is_dpm_and_the_paper_preset_pndm():
     from lit_models.plan import read_settings
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert MiniGPT5Config().guidance.sampler == "dpm++"
     paper = read_settings(["-c", str(root / "configs/uas.yaml"), "-c", str(root / "configs/model/paper.yaml")])
     assert paper.model.guidance.sampler == "pndm"

@@ -13,7 +13,7 @@ from lit_models.cli import main
 from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGE1 = ["-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml")]
 STAGE2 = ["-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/mls.yaml"),
           "-c", str(ROOT / "configs/mls_vist.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml")]

@@ -317,7 +317,7 @@ def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, caps
     """Through the CLIs: encode-latents from the training YAML, then 4 steps of `minigpt5 fit` each way."""
     from lit_models.lightning_cli import run_lightning
     from lit_models.module import MiniGPT5Module
-    from test_train import ROOT, fit_args
+    from fit_runs import ROOT, fit_args
 
     shards = write_synthetic(tmp_path / "raw", num=32, val_num=0, size=24, seed=0, shard_size=16)
     status = data_main(["encode-latents", "--shards", shards.train, "--out", str(tmp_path / "cached"),

@@ -13,7 +13,6 @@ import pytest
 import webdataset as wds
 
 from data_modules.convert.mmdialog import convert_mmdialog
-from data_modules.convert.vist import convert_vist
 from data_modules.errors import BadSample
 from data_modules.interleaved import InterleavedDataModule, InterleavedEncoder, read_record
 from data_modules.shards import SampleCounter
@@ -25,7 +24,7 @@ from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.task_prompts import MMDIALOG_SYSTEM, VIST_CONTINUE, VIST_GENERATE, VIST_SYSTEM, VIST_UNDERSTAND
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = MiniGPT5Config(llm=LLMConfig(max_length=1024), vision=VisionConfig(kind="clip"))
 TOKENS_PER_IMAGE = 5  # tiny CLIP tower: (32 / 16)^2 patches + class token
 NO_LIMIT = replace(OFFICIAL, max_turn_tokens=None)  # the real sample's first turn is over 50 tokens
@@ -51,12 +50,6 @@ def parts(example) -> list:
 @pytest.fixture
 def vist(samples_dir):
     return json.loads((samples_dir / "VIST" / "val_cleaned.json").read_text())["40470"]
-
-
-@pytest.fixture
-def vist_shards(samples_dir, tmp_path):
-    root = samples_dir / "VIST"
-    return convert_vist(root / "val_cleaned.json", root / "val_image_mapping.json", tmp_path / "vist").spec
 
 
 def mmdialog_copy(samples_dir: Path, tmp_path: Path) -> tuple[Path, dict]:

@@ -16,7 +16,7 @@ from minigpt5.loading import WeightsNotFoundError
 from minigpt5.model import MiniGPT5
 from minigpt5.projection import ProjectionCheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TOWER = VisionConfig().hidden_size  # the tiny Q-Former's width
 TINY_LLM = MiniGPT5Config().llm.hidden_size
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fit_runs import cli, fit_args, kill_resume_and_compare, run_config, trainable_weights
 
 from data_modules.synthetic import SyntheticShards, synthetic_samples
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
 from lit_models.module import MiniGPT5Module
-from test_train import cli, fit_args, kill_resume_and_compare, run_config, trainable_weights
 
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 

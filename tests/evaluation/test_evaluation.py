@@ -353,7 +353,7 @@ def test_evaluation_callback_logs_metrics_and_grid_during_fit(data, tmp_path):
     import yaml
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     overlay = tmp_path / "eval.yaml"
     overlay.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": False, "callbacks": [
         {"class_path": "callbacks.evaluation.EvaluationCallback",

@@ -9,7 +9,7 @@ from pathlib import Path
 import processes
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GONE = "/no/such/place"
 
 CASES = {  # command -> (arguments, what the error names)

@@ -16,7 +16,7 @@ from lit_models.cli import main
 from minigpt5.builders import build_diffusion, build_sd_tokenizer
 from minigpt5.config import DiffusionConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -14,12 +14,12 @@ import processes
 import pytest
 import torch
 import yaml
+from dist_workers import free_port
+from fit_runs import BASE, ROOT, fit_args, trainable_weights
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
-from dist_workers import free_port
-from test_train import BASE, ROOT, fit_args, shards, trainable_weights  # noqa: F401  (shards is a fixture)
 
 SLURM = ["-c", str(ROOT / "configs/cluster/slurm.yaml")]
 JOB_ID = "4242"
@@ -72,7 +72,7 @@ def slurm_fit(args: list[str], env: dict[str, str]) -> subprocess.CompletedProce
 
 
 @pytest.mark.slow
-def test_sigusr1_mid_step_saves_hpc_checkpoint_requeues_and_resumes_exactly(shards, tmp_path):  # noqa: F811
+def test_sigusr1_mid_step_saves_hpc_checkpoint_requeues_and_resumes_exactly(shards, tmp_path):
     steps, signal_at = 6, 3
     env = fake_slurm_env(tmp_path)
     straight = slurm_fit(fit_args(shards, tmp_path / "a", slurm_overlay(tmp_path, -1), steps) + SLURM, env)
@@ -106,7 +106,7 @@ def srun2(args: list[str], tmp_path: Path) -> list[subprocess.CompletedProcess]:
 
 
 @pytest.mark.slow
-def test_ddp_signal_on_one_rank_requeues_both_at_the_same_step_and_resumes_exactly(shards, tmp_path):  # noqa: F811
+def test_ddp_signal_on_one_rank_requeues_both_at_the_same_step_and_resumes_exactly(shards, tmp_path):
     steps, signal_at = 5, 2
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=2"]
     straight = srun2(fit_args(shards, tmp_path / "a", slurm_overlay(tmp_path, -1), steps) + SLURM + ddp, tmp_path)

@@ -23,7 +23,7 @@ from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5
 from minigpt5.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = [
     "a red circle",
     "first a blue square then a green triangle finally a red circle",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import BASE, cli
+from fit_runs import BASE, cli
 
 from data_modules.shard_reader import ShardError, read_shard
 from data_modules.stream import DataFaultError, DataFaults

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from data_modules.shards import SampleCounter, SampleEncoder
-from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import ConfigError, LLMConfig, LossConfig, MiniGPT5Config, TemplateConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.sequences import SequenceTooLong, Turn
@@ -18,7 +17,6 @@ from minigpt5.templates import (
     CAPTION_INSTRUCTIONS, SYSTEM_PROMPTS, Conversation, build_template, caption_conversations, dialogue_roles,
     normalise_caption,
 )
-from minigpt5.vision import IMAGE_TOKEN
 
 K = 2  # placeholder tokens per context image
 # A Zephyr-style chat template (HuggingFaceH4/zephyr-7b-beta's layout): its end of turn is </s>.
@@ -43,12 +41,6 @@ EXAMPLES = {
 }
 IMGS = "[IMG0][IMG1][IMG2][IMG3][IMG4][IMG5][IMG6][IMG7]"
 RUN = "<ImageHere><ImageHere>"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    tokenizer, voken_ids = build_llm_tokenizer(MiniGPT5Config())
-    return tokenizer, voken_ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
 def template(tok, name="plain", text_on_caption=True, chat_template=None, image_tokens=K, **kwargs):
@@ -339,7 +331,7 @@ def test_paper_preset_uses_the_official_wording_and_the_tiny_one_todays():
 
     from lit_models.plan import read_settings
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def model(*files):
         return read_settings([a for f in files for a in ("-c", str(root / "configs" / f))]).model

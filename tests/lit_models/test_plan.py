@@ -22,7 +22,7 @@ from lit_models.plan import (
 from minigpt5.config import ConfigError
 from minigpt5.model import MiniGPT5
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGE1 = ["configs/uas.yaml", "configs/model/paper.yaml"]
 STAGE2 = ["configs/uas.yaml", "configs/mls.yaml", "configs/mls_vist.yaml", "configs/model/paper.yaml"]
 

@@ -36,7 +36,7 @@ from minigpt5.architectures import SHIPPED_DIR
 from minigpt5.config import LossConfig, MapperConfig, MiniGPT5Config, PeftSettings, VisionConfig
 from minigpt5.model import MiniGPT5
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ADDED = 9  # [IMG0]..[IMG7] + <ImageHere> (official mini_gpt5.py:48-59)
 PEFT_ROOT = "model.llama_model.base_model.model."
 

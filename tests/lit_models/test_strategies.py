@@ -21,7 +21,7 @@ from lit_models.strategies import MiniGPT5FSDPStrategy, MiniGPT5WrapPolicy, chec
 from minigpt5.config import ConfigError, MiniGPT5Config, PeftSettings, VisionConfig
 from minigpt5.model import MiniGPT5
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_cli(overlay: str, *extra: str):

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fit_runs import BASE, cli, fit_args
 
 from lit_models.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
 from lit_models.lightning_cli import run_lightning
 from lit_models.module import MiniGPT5Module
-from test_train import BASE, cli, fit_args, shards  # noqa: F401  (shards is a fixture)
 
 
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from data_modules.interleaved import InterleavedDataModule
 from data_modules.shard_reader import read_shard
 from data_modules.writer import write_shards
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 CASES = 16  # per converter
 SEED = 0
 

@@ -11,7 +11,6 @@ import webdataset as wds
 from PIL import Image
 
 from data_modules.convert.mmdialog import convert_mmdialog
-from data_modules.convert.vist import convert_vist
 from data_modules.interleaved import InterleavedDataModule
 from data_modules.synthetic import colour_of, dominant_colour, dominant_shape, write_synthetic
 from data_modules.turn_choices import TurnChoices
@@ -21,12 +20,6 @@ from minigpt5.model import MiniGPT5
 
 CFG = MiniGPT5Config(llm=LLMConfig(max_length=256), vision=VisionConfig(kind="clip"))
 TOKENS_PER_IMAGE = 5  # tiny CLIP tower: (32 / 16)^2 patches + class token
-
-
-@pytest.fixture
-def vist_shards(samples_dir, tmp_path):
-    vist = samples_dir / "VIST"
-    return convert_vist(vist / "val_cleaned.json", vist / "val_image_mapping.json", tmp_path / "vist").spec
 
 
 @pytest.fixture

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from minigpt5.builders import build_llm_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.sequences import SequenceTooLong, Turn
 from minigpt5.templates import Conversation, build_template
-from minigpt5.vision import IMAGE_TOKEN
 
 K = 3  # placeholder tokens per context image
-
-
-@pytest.fixture(scope="module")
-def tok():
-    tokenizer, voken_ids = build_llm_tokenizer(MiniGPT5Config())
-    return tokenizer, voken_ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
 def encode(tok, context, target, max_length=64):
