@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minigpt5.config import DiffusionConfig, GuidanceConfig, LossConfig, MiniGPT5Config
+from minigpt5.config import DiffusionConfig, GuidanceConfig, LossConfig, MiniGPT5Config, PeftSettings
 from minigpt5.losses import cap_loss, text_loss
 from minigpt5.model import MiniGPT5
 from minigpt5.sequences import tokenize_for_text_encoder
@@ -50,6 +50,32 @@ def test_voken_features_with_real_hidden_states(tiny_model):
     for b in range(2):
         p = batch["input_ids"][b].tolist().index(tiny_model.voken_ids[0])
         torch.testing.assert_close(features[b], hidden[b, p - 1:p + 7])
+
+
+# PEFT's prefix tuning passes its prefix as ``past_key_values``, a name transformers now deprecates.
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@pytest.mark.parametrize("peft", ["none", "lora", "prefix"])
+def test_llm_step_with_its_cache_continues_one_call(peft):
+    """Two llm_step calls, the second given the first's cache, read as one call over both parts,
+    under every adapter."""
+    torch.manual_seed(0)
+    model = MiniGPT5(MiniGPT5Config(peft=PeftSettings(method=peft, num_virtual_tokens=4))).eval()
+    with torch.no_grad():  # an untrained adapter is a no-op (LoRA B = 0): make it count
+        for p in model.llm.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    ids = torch.tensor([model.tokenizer("a red circle and a blue square").input_ids])  # (1, T)
+    embeds, mask = model.embed_inputs(ids), torch.ones_like(ids)  # (1, T, D), (1, T)
+    k = 3
+    with torch.no_grad():
+        whole = model.llm_step(embeds, mask)
+        first = model.llm_step(embeds[:, :-k], mask[:, :-k], use_cache=True)
+        rest = model.llm_step(embeds[:, -k:], mask, first.cache, use_cache=True, logits_to_keep=1)
+    assert whole.cache is None and rest.cache is not None
+    assert whole.logits.shape[-1] == model.vokens.first_id + model.vokens.num_vokens  # vocabulary + vokens
+    assert rest.logits.shape[1] == 1 and rest.hidden.shape[1] == k
+    torch.testing.assert_close(rest.hidden, whole.hidden[:, -k:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rest.logits, whole.logits[:, -1:], atol=1e-5, rtol=1e-5)
 
 
 def test_voken_block_cut_by_sequence_boundary_raises(tiny_model):
