@@ -133,6 +133,11 @@ class ShardDataModule(LightningDataModule):
         """The sample -> examples encoder (with ``collate``) of this data set."""
         raise NotImplementedError
 
+    def make_val_encoder(self) -> SampleEncoder:
+        """The encoder of validation examples: the training one, unless training examples are drawn differently."""
+        assert self.encoder is not None  # setup() built it
+        return self.encoder
+
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
             return 0, 1
@@ -246,6 +251,7 @@ class ShardDataModule(LightningDataModule):
         if not self.val_urls:
             return []  # Lightning then runs no validation
         assert self.encoder is not None  # setup() filled val_urls and built it
+        encoder = self.make_val_encoder()
         rank, world_size = self._rank_and_world()
         if len(self.val_urls) < world_size:
             raise ValueError(
@@ -255,7 +261,7 @@ class ShardDataModule(LightningDataModule):
         max_samples = None
         if self.val_samples is not None:
             max_samples = math.ceil(self.val_samples / (world_size * max(1, num_workers)))
-        dataset = eval_pipeline(self.val_urls, self.encoder, batch_size=self.batch_size, max_samples=max_samples)
+        dataset = eval_pipeline(self.val_urls, encoder, batch_size=self.batch_size, max_samples=max_samples)
         persistent = self.persistent_val_workers and num_workers > 0
         return wds.WebLoader(
             dataset, batch_size=None, num_workers=num_workers, persistent_workers=persistent,

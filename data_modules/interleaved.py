@@ -109,11 +109,13 @@ class InterleavedEncoder:
 
     def __init__(
         self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
-        latents: LatentMode = "auto", choices: Optional[TurnChoices] = None,
+        latents: LatentMode = "auto", choices: Optional[TurnChoices] = None, training: bool = False,
     ) -> None:
         """``latents``: cached target latents used where present ("auto"), required, or ignored ("off");
-        ``choices``: how samples become examples (None: this project's reading, ``TurnChoices()``)."""
+        ``choices``: how samples become examples (None: this project's reading, ``TurnChoices()``);
+        ``training``: the examples are training ones (``choices.image_context_dropout`` applies)."""
         self.cfg, self.counter, self.targets, self.context = cfg, counter, targets, context
+        self.training = training
         self.choices = choices or TurnChoices()
         self.latents, self.latent_record = latents, cache_record(cfg.diffusion)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
@@ -141,7 +143,7 @@ class InterleavedEncoder:
 
     def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
         tasks = sample_examples(sample, read_record(sample), self.choices, self.targets, self.context,
-                                self.count_tokens, self.counter)
+                                self.count_tokens, self.counter, self.training)
         names = sorted({name for task in tasks for name in task.image_names()})
         _check_members(sample, names)
         decoded = {name: decode_image(sample, name) for name in names}
@@ -269,6 +271,9 @@ class InterleavedDataModule(ShardDataModule):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context, self.choices = targets, context, choices or TurnChoices()
 
-    def make_encoder(self) -> InterleavedEncoder:
+    def make_encoder(self, training: bool = True) -> InterleavedEncoder:
         return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
-                                  self.choices)
+                                  self.choices, training)
+
+    def make_val_encoder(self) -> InterleavedEncoder:
+        return self.make_encoder(training=False)

@@ -72,6 +72,10 @@ class TurnChoices:
     history: Literal["all", "exchange"] = "all"  # a dialogue target's context: every earlier turn, or the last exchange
     # whose dialogue turns are targets: either speaker's (official) or the assistant's (odd turns) alone
     speakers: Literal["both", "assistant"] = "assistant"
+    # the share of training examples whose context turns keep their text but lose their images
+    # (modality dropout; 0 off, the official loader has none). The draw is fixed by the sample,
+    # turn and task. Validation and evaluation examples always keep their images.
+    image_context_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         def check(name: str, value: Any, allowed: tuple) -> None:
@@ -89,6 +93,9 @@ class TurnChoices:
         check("bad_turns", self.bad_turns, ("skip", "stop"))
         check("history", self.history, ("all", "exchange"))
         check("speakers", self.speakers, ("both", "assistant"))
+        dropout = self.image_context_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"data.choices.image_context_dropout must be a share in [0, 1); got {dropout!r}")
         if self.max_turn_tokens is not None and (isinstance(self.max_turn_tokens, bool) or self.max_turn_tokens < 1):
             raise ValueError(f"data.choices.max_turn_tokens must be >= 1 or null; got {self.max_turn_tokens!r}")
 
@@ -221,6 +228,17 @@ def _draw(options: tuple[str, ...], key: str, step: int, task: str) -> str:
     return options[zlib.crc32(f"{key}/{step}/{task}".encode()) % len(options)]
 
 
+def _share(key: str, turn: int, task: str, what: str) -> float:
+    """A number in [0, 1) fixed by the sample, turn, task and what it decides."""
+    return zlib.crc32(f"{key}/{turn}/{task}/{what}".encode()) / 2**32
+
+
+def without_context_images(example: TaskExample[I]) -> TaskExample[I]:
+    """``example`` with its context turns' images left out (their text stays; a task's own request keeps its image)."""
+    context = [Message(m.role, [Part(p.text) for p in m.parts]) for m in example.context]
+    return replace(example, context=context)
+
+
 def history_part(turn: SourceTurn[I], context: Context) -> Part[I]:
     return Part(turn.text if context != "images" else "", list(turn.images) if context != "text" else [])
 
@@ -281,9 +299,11 @@ def dialogue_examples(turns: list[SourceTurn[I]], choices: TurnChoices, targets:
 
 def sample_examples(
     sample: dict[str, Any], record: dict[str, Any], choices: TurnChoices, targets: str, context: Context,
-    count_tokens: Callable[[str], int], counter: SampleCounter,
+    count_tokens: Callable[[str], int], counter: SampleCounter, training: bool = False,
 ) -> list[TaskExample[str]]:
-    """The examples of one story or dialogue sample (its ``.json`` read as ``record``); BadSample if none."""
+    """The examples of one story or dialogue sample (its ``.json`` read as ``record``); BadSample if none.
+
+    ``training``: ``choices.image_context_dropout`` applies (training examples only)."""
     if "steps" in record:
         turns = story_turns(record["steps"])
         examples = story_examples(turns, sample["__key__"], choices, targets, context)
@@ -294,4 +314,9 @@ def sample_examples(
         raise BadSample(sample, "json has neither 'steps' (VIST) nor 'turns' (MMDialog)")
     if not examples:
         raise BadSample(sample, f"no examples from its {len(turns)} usable turn(s)")
+    dropout = choices.image_context_dropout if training else 0.0
+    if dropout:
+        key = sample["__key__"]
+        examples = [without_context_images(e) if _share(key, e.turn, e.task, "images") < dropout else e
+                    for e in examples]
     return examples

@@ -298,10 +298,48 @@ def test_first_turn_content_needs_the_converters_turn_fields(tmp_path):
     ({"story_tasks": ["draw"]}, "story_tasks"), ({"prompts": "chat"}, "prompts"), ({"roles": "yes"}, "roles"),
     ({"turn_content": "last"}, "turn_content"), ({"bad_turns": "drop"}, "bad_turns"),
     ({"max_turn_tokens": 0}, "max_turn_tokens"), ({"history": "last"}, "history"), ({"speakers": "user"}, "speakers"),
+    ({"image_context_dropout": 1.0}, "image_context_dropout"), ({"image_context_dropout": -0.1}, "image_context_dropout"),
+    ({"image_context_dropout": "half"}, "image_context_dropout"),
 ])
 def test_bad_choices_are_named(bad, match):
     with pytest.raises(ValueError, match=f"data.choices.{match}"):
         TurnChoices(**bad)
+
+
+# ---- image context dropout ----
+
+def test_image_context_dropout_leaves_out_context_images_of_training_examples_only(tmp_path):
+    spec = write_synthetic(tmp_path / "stories", num=200, val_num=0, size=16, layout="stories").train
+    samples = raw_samples(spec)
+    choices = TurnChoices(image_context_dropout=0.5)
+
+    def read(sample, training):
+        return sample_examples(sample, read_record(sample), choices, "all", "both", len, SampleCounter(), training)
+
+    kept = [e for s in samples for e in read(s, training=False)]
+    drawn = [e for s in samples for e in read(s, training=True)]
+    assert drawn == [e for s in samples for e in read(s, training=True)]  # the draw is fixed by the sample
+    assert all(p.images for e in kept for p in parts(e))  # validation and evaluation keep every image
+    dropped = 0
+    for full, seen in zip(kept, drawn):
+        assert [p.text for p in parts(seen)] == [p.text for p in parts(full)]  # the text always stays
+        assert (seen.text, seen.images) == (full.text, full.images)  # so does the target and its picture
+        images = [bool(p.images) for p in parts(seen)]
+        assert all(images) or not any(images)  # all of an example's context images go, or none
+        dropped += not any(images)
+    assert 0.4 < dropped / len(drawn) < 0.6  # 400 examples, half drawn
+
+
+def test_the_datamodule_drops_in_training_and_validates_on_every_image(tmp_path):
+    spec = write_synthetic(tmp_path / "stories", num=8, val_num=0, size=16, layout="stories").train
+    dm = InterleavedDataModule(spec, spec, model_config=CFG, num_workers=0, batch_size=64,
+                               choices=TurnChoices(image_context_dropout=0.5))
+    dm.setup("fit")
+    assert dm.encoder.training and not dm.make_val_encoder().training
+    (batch,) = list(dm.val_dataloader())
+    assert batch["input_pixels"].shape[0] == 8 * (1 + 2)  # steps 1 and 2 of 8 stories read 1 and 2 pictures
+    train_images = sum(len(item["input_pixels"]) for s in raw_samples(spec) for item in dm.encoder(s))
+    assert 0 < train_images < 8 * (1 + 2)
 
 
 # ---- the configs ----
