@@ -7,22 +7,22 @@
 Nothing is downloaded: the models are the configs' own (``configs/model/paper.yaml`` or
 ``tiny.yaml`` on ``configs/uas.yaml``, stage 2 adding ``mls.yaml`` and ``mls_vist.yaml``),
 built from their architecture configs with random weights (``random_weights.py``). Each
-part prints a markdown table, a row as soon as it is measured.
+part prints markdown tables, a row as soon as it is measured.
 
 ``--part steps`` (one process):
 
-- stage 1 and stage 2 training steps as Lightning runs them (forward under the config's
-  precision, bf16 autocast for ``bf16-mixed``; backward; AdamW; schedule), on
+- generation on the stage-1 model: text tokens/s (greedy, KV cache) and images/s at the
+  config's resolution, guidance, sampler and steps (paper: 512 px, 7.5, pndm, 50), with peak
+  memory beside the plan's weights;
+- then stage 1's and stage 2's training steps as Lightning runs them (forward under the
+  config's precision, bf16 autocast for ``bf16-mixed``; backward; AdamW; schedule), on
   ``--batch`` sequences of ``llm.max_length`` tokens with one target image each (stage 2:
   two earlier pictures per sequence too), activation checkpointing off, then on (every
   LLM decoder layer and UNet block). Per setting: median step time, peak memory
   (``max_memory_allocated``: weights, gradients, optimizer state, activations), the plan's
   prediction for one GPU (its DDP column at world size 1, for the same batch and length),
   the FLOPs of one step (``FlopCounterMode``, counted with checkpointing off: MFU is model
-  FLOPs, recomputation not counted) and MFU = FLOPs / step time / the GPU's dense bf16 peak;
-- generation on the stage-1 model: text tokens/s (greedy, KV cache) and images/s at the
-  config's resolution, guidance, sampler and steps (paper: 512 px, 7.5, pndm, 50), with peak
-  memory beside the plan's weights.
+  FLOPs, recomputation not counted) and MFU = FLOPs / step time / the GPU's dense bf16 peak.
 
 ``--part strategies``: the stage-1 model's random weights saved in Hugging Face / diffusers
 layout, then per strategy overlay (``configs/strategy/``) a ``minigpt5 fit`` of a few
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -312,9 +313,8 @@ def steps_part(args: argparse.Namespace) -> None:
 
 # ---- part 2: strategies ----
 
-def strategies_part(args: argparse.Namespace) -> None:
-    work = Path(args.work) / "strategies"
-    shutil.rmtree(work, ignore_errors=True)
+def strategy_table(args: argparse.Namespace, work: Path) -> None:
+    """Save the stage-1 model's random weights and synthetic pairs in ``work``, then a row per strategy."""
     base = config_args(args.preset, 1, args.batch, args.device)
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -340,12 +340,20 @@ def strategies_part(args: argparse.Namespace) -> None:
                 f"last.ckpt ({check.checkpoint}) at step {check.saved_at}",
                 f"from step {check.resumed_from} to {check.resumed_to}"]
 
+    for name in args.strategies:
+        if name in NEEDS_CUDA and not args.device.startswith("cuda"):
+            table.note(name, "skipped: needs CUDA (Lightning's DeepSpeed and FSDP strategies refuse the CPU)")
+        else:
+            measured(table, name, lambda: cells(name))
+
+
+def strategies_part(args: argparse.Namespace) -> None:
+    work = Path(args.work) / "strategies"
+    shutil.rmtree(work, ignore_errors=True)
+    # The shell's `timeout` stops a part with SIGTERM: leave through the `finally`, which removes the weights.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        for name in args.strategies:
-            if name in NEEDS_CUDA and not args.device.startswith("cuda"):
-                table.note(name, "skipped: needs CUDA (Lightning's DeepSpeed and FSDP strategies refuse the CPU)")
-            else:
-                measured(table, name, lambda: cells(name))
+        strategy_table(args, work)
     finally:
         shutil.rmtree(work / "weights", ignore_errors=True)  # paper size: about 16 GiB
 
