@@ -271,9 +271,13 @@ class InterleavedDataModule(ShardDataModule):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context, self.choices = targets, context, choices or TurnChoices()
 
-    def make_encoder(self, training: bool = True) -> InterleavedEncoder:
+    def make_encoder(self) -> InterleavedEncoder:
         return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
-                                  self.choices, training)
+                                  self.choices, training=True)
 
     def make_val_encoder(self) -> InterleavedEncoder:
-        return self.make_encoder(training=False)
+        """The training encoder, or without ``choices.image_context_dropout`` where it is on."""
+        if not self.choices.image_context_dropout:
+            return super().make_val_encoder()
+        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
+                                  self.choices, training=False)

@@ -336,6 +336,9 @@ def test_the_datamodule_drops_in_training_and_validates_on_every_image(tmp_path)
                                choices=TurnChoices(image_context_dropout=0.5))
     dm.setup("fit")
     assert dm.encoder.training and not dm.make_val_encoder().training
+    plain = InterleavedDataModule(spec, spec, model_config=CFG, num_workers=0)
+    plain.setup("fit")
+    assert plain.make_val_encoder() is plain.encoder  # without dropout, one encoder serves both
     (batch,) = list(dm.val_dataloader())
     assert batch["input_pixels"].shape[0] == 8 * (1 + 2)  # steps 1 and 2 of 8 stories read 1 and 2 pictures
     train_images = sum(len(item["input_pixels"]) for s in raw_samples(spec) for item in dm.encoder(s))
