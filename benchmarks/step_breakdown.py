@@ -42,10 +42,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -160,6 +161,7 @@ class Item:
     run: Callable[[], None]  # the timed work
     reset: Callable[[], None] = lambda: None  # untimed, after each run (e.g. drop grads)
     prepare: Callable[[], None] = lambda: None  # untimed, before each run
+    page_faults: list[int] = field(default_factory=list)  # minor faults of each timed run (memory handed back and re-touched)
 
 
 # What each form of the batch still runs in the step besides the three parts.
@@ -261,12 +263,15 @@ def time_items(
         for item in items[shift:] + items[:shift]:
             item.prepare()
             torch.manual_seed(seed + r)  # per-step seeding, as on_train_batch_start does
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = clock()
             item.run()
             elapsed = clock() - start
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             item.reset()
             if r >= warmup:
                 times[item.name].append(elapsed)
+                item.page_faults.append(faults)
     return times
 
 
@@ -342,26 +347,32 @@ def main() -> None:
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     # Interquartile range: a neighbour's burst stalls a few repetitions by seconds; max - min would show only that.
     spread = {name: 1000 * iqr(t) for name, t in times.items()}
-    report(ms, spread, list(forms), args)
+    faults = {item.name: statistics.median(item.page_faults) for item in items}
+    report(ms, spread, faults, list(forms), args)
 
 
-def report(ms: dict[str, float], spread: dict[str, float], forms: list[str], args: argparse.Namespace) -> None:
+def report(ms: dict[str, float], spread: dict[str, float], faults: dict[str, float], forms: list[str],
+           args: argparse.Namespace) -> None:
     """The table of medians, then each form's ratio to the sum of parts and what explains the rest."""
     sum_parts = sum(ms[n] for n in PARTS)
     pieces = COMMON_REMAINDER + sorted({n for form in forms for n in FORM_REMAINDER[form]})
     print(f"\nmedian of {args.repeats} interleaved repetitions ({args.warmup} warm-up), {args.clock} ms; "
           "IQR = p75 - p25")
-    row = "{:<40} {:>9} {:>9}"
-    print(row.format("item", "median", "IQR"))
-    print(row.format("-" * 40, "-" * 9, "-" * 9))
+    row = "{:<40} {:>9} {:>9} {:>12}"
+    print(row.format("item", "median", "IQR", "page faults"))
+    print(row.format("-" * 40, "-" * 9, "-" * 9, "-" * 12))
+
+    def line(label: str, name: str) -> None:
+        print(row.format(label, f"{ms[name]:.1f}", f"{spread[name]:.1f}", f"{faults[name]:.0f}"))
+
     for name in PARTS:
-        print(row.format(f"  {name}", f"{ms[name]:.1f}", f"{spread[name]:.1f}"))
-    print(row.format("sum of parts", f"{sum_parts:.1f}", ""))
+        line(f"  {name}", name)
+    print(row.format("sum of parts", f"{sum_parts:.1f}", "", f"{sum(faults[n] for n in PARTS):.0f}"))
     for name in pieces:
-        print(row.format(f"  + {name}", f"{ms[name]:.1f}", f"{spread[name]:.1f}"))
+        line(f"  + {name}", name)
     for form in forms:
-        print(row.format(f"full step, {form}", f"{ms[f'full step, {form}']:.1f}", f"{spread[f'full step, {form}']:.1f}"))
-    print(row.format(f"  ({PER_SAMPLE_MAPPER})", f"{ms[PER_SAMPLE_MAPPER]:.1f}", f"{spread[PER_SAMPLE_MAPPER]:.1f}"))
+        line(f"full step, {form}", f"full step, {form}")
+    line(f"  ({PER_SAMPLE_MAPPER})", PER_SAMPLE_MAPPER)
 
     print(f"\nfull / sum of parts (goal <= {GOAL:.2f}); remainder = what that form still runs besides the parts")
     table = "{:<20} {:>9} {:>8} {:>11} {:>13} {:>8}"
