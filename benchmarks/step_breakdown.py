@@ -132,17 +132,16 @@ def make_batch(model: MiniGPT5, args: argparse.Namespace) -> dict[str, torch.Ten
 
 
 def cached_forms(model: MiniGPT5, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """``batch`` as the step reads it with neither cache, the latent cache, the text-encoder cache, or both."""
-    latent = {k: v for k, v in batch.items() if k != "target_pixels"}
-    forms = {"no cache": batch}
-    if isinstance(model.latents, VAELatents):
-        latent["target_latent_moments"] = model.latents.moments(batch["target_pixels"]).detach()  # (N, 2c, h, w)
-        forms["latent cache"] = latent
+    """``batch`` as the step reads it with neither cache, the latent cache, the text-encoder cache, or both
+    (pixel space has no latent cache)."""
     embeddings = model.encode_captions(batch["caption_ids"])  # (N, L, C)
-    forms["text-encoder cache"] = dict(batch, caption_embeddings=embeddings)
+    forms = {"no cache": batch, "text-encoder cache": dict(batch, caption_embeddings=embeddings)}
     if isinstance(model.latents, VAELatents):
-        forms["both caches"] = dict(latent, caption_embeddings=embeddings)
-    return forms
+        moments = model.latents.moments(batch["target_pixels"]).detach()  # (N, 2c, h, w)
+        forms["latent cache"] = {k: v for k, v in batch.items() if k != "target_pixels"}
+        forms["latent cache"]["target_latent_moments"] = moments
+        forms["both caches"] = dict(forms["latent cache"], caption_embeddings=embeddings)
+    return {name: forms[name] for name in FORM_REMAINDER if name in forms}  # printed in this order
 
 
 def training_step(model: MiniGPT5, optimizer: torch.optim.Optimizer, schedule, batch: dict[str, torch.Tensor]) -> None:
@@ -161,7 +160,7 @@ class Item:
     run: Callable[[], None]  # the timed work
     reset: Callable[[], None] = lambda: None  # untimed, after each run (e.g. drop grads)
     prepare: Callable[[], None] = lambda: None  # untimed, before each run
-    page_faults: list[int] = field(default_factory=list)  # minor faults of each timed run (memory handed back and re-touched)
+    page_faults: list[int] = field(default_factory=list)  # minor faults per timed run: freed memory touched again
 
 
 # What each form of the batch still runs in the step besides the three parts.
@@ -385,7 +384,8 @@ def report(ms: dict[str, float], spread: dict[str, float], faults: dict[str, flo
                            f"{100 * unexplained / sum_parts:+.1f}%", "MET" if full / sum_parts <= GOAL else "NOT MET"))
     saved = ms[PER_SAMPLE_MAPPER] - ms["mapper fwd+bwd"]
     print(f"\nmapper: queries' self-attention once per batch saves {saved:.1f} ms of {ms[PER_SAMPLE_MAPPER]:.1f} "
-          f"({100 * saved / ms[PER_SAMPLE_MAPPER]:.0f}%); it is one of the parts, so it shortens the step and the sum alike")
+          f"({100 * saved / ms[PER_SAMPLE_MAPPER]:.0f}%); it is one of the parts, so it shortens the step and the "
+          "sum alike")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def caption_record(cfg: MiniGPT5Config) -> dict[str, Any]:
     }
 
 
-def cached_caption_embedding(sample: dict[str, Any], expected: dict[str, Any], mode: CacheMode) -> Optional[torch.Tensor]:
+def cached_caption_embedding(
+    sample: dict[str, Any], expected: dict[str, Any], mode: CacheMode
+) -> Optional[torch.Tensor]:
     """The cached text-encoder output (L, C) on ``sample``'s caption, or None when it must be computed.
 
     None when ``mode`` is "off" or (in "auto") the sample has no cache. Raises

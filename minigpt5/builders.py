@@ -244,9 +244,8 @@ def latent_space_name(cfg: DiffusionConfig) -> str:
 
 def load_text_encoder(cfg: DiffusionConfig) -> PreTrainedModel:
     """SD's text encoder from ``cfg.path``, in ``cfg.torch_dtype``."""
-    return load_pretrained(
-        "SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=_dtype(cfg.torch_dtype)
-    )
+    dtype = _dtype(cfg.torch_dtype)
+    return load_pretrained("SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype)
 
 
 def build_text_encoder(cfg: MiniGPT5Config) -> PreTrainedModel:
