@@ -51,7 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 from webdataset.tariterators import tarfile_samples
 
-from data_modules.latents import cache_record, cached_moments, moments_to_bytes
+from data_modules.cache_records import array_to_bytes
+from data_modules.latents import cache_record, cached_moments
 from data_modules.shards import decode_sample
 from data_modules.writer import write_shards
 from lit_models.optim import OptimConfig, build_optimizer
@@ -218,7 +219,7 @@ def write_image_set(folder: Path, args: argparse.Namespace) -> tuple[list[Path],
     side = args.target_resolution // 8
     gen = np.random.default_rng(args.seed)
     record = json.dumps(latent_record(args)).encode()
-    cached = [dict(s, **{"latent.npy": moments_to_bytes(gen.standard_normal((8, side, side))), "latent.json": record})
+    cached = [dict(s, **{"latent.npy": array_to_bytes(gen.standard_normal((8, side, side))), "latent.json": record})
               for s in samples]
     latent_shards = write_shards(str(folder / "latent-%06d.tar"), cached, args.shard_size)
     return paths, shards, latent_shards

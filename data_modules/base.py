@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 from lightning import LightningDataModule
 
-from data_modules.latents import LATENT_MODES, LatentMode
+from data_modules.cache_records import CACHE_MODES, CacheMode
 from data_modules.shards import (
     SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, expand_shards,
 )
@@ -41,6 +41,8 @@ class ShardDataModule(LightningDataModule):
 
     ``latents``: cached VAE latents in the shards (:mod:`data_modules.latents`) are used
     where present ("auto"), required of every sample ("require") or ignored ("off").
+    ``caption_embeddings``: the same for cached CAP targets (:mod:`data_modules.caption_cache`),
+    which only image-caption pairs (stage 1) read.
 
     Loading: ``num_workers`` processes decode in parallel, each keeping ``prefetch_factor``
     batches ready; ``pin_memory`` (default: when CUDA is available) lets the host-to-GPU
@@ -62,7 +64,8 @@ class ShardDataModule(LightningDataModule):
         seed: int = 0,
         stream_groups: Optional[int] = None,
         model_config: Optional[MiniGPT5Config] = None,
-        latents: LatentMode = "auto",
+        latents: CacheMode = "auto",
+        caption_embeddings: CacheMode = "auto",
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,
@@ -86,8 +89,9 @@ class ShardDataModule(LightningDataModule):
                 f"stream_groups >= 1 or None; got {batch_size}, {samples_per_epoch}, {num_workers}, {val_samples}, "
                 f"{stream_groups}"
             )
-        if latents not in LATENT_MODES:
-            raise ValueError(f"data.latents must be one of {', '.join(LATENT_MODES)}; got {latents!r}")
+        for name, mode in (("latents", latents), ("caption_embeddings", caption_embeddings)):
+            if mode not in CACHE_MODES:
+                raise ValueError(f"data.{name} must be one of {', '.join(CACHE_MODES)}; got {mode!r}")
         if prefetch_factor < 1:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
         if not 0 <= max_bad_share <= 1:
@@ -105,6 +109,7 @@ class ShardDataModule(LightningDataModule):
         self.stream_groups = stream_groups
         self.model_config = model_config or MiniGPT5Config()
         self.latents = latents
+        self.caption_embeddings = caption_embeddings
         self.prefetch_factor = prefetch_factor
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_val_workers = persistent_val_workers

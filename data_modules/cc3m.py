@@ -15,4 +15,4 @@ class CC3MDataModule(ShardDataModule):
     """
 
     def make_encoder(self) -> SampleEncoder:
-        return SampleEncoder(self.model_config, self.counter, self.latents)
+        return SampleEncoder(self.model_config, self.counter, self.latents, self.caption_embeddings)

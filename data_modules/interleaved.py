@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from data_modules.base import ShardDataModule
-from data_modules.latents import LatentMode, cache_record, cached_moments, collate_targets
+from data_modules.cache_records import CacheMode
+from data_modules.latents import cache_record, cached_moments, collate_targets
 from data_modules.shards import BadSample, SampleCounter, ShardSpec, decode_image
 from data_modules.turn_choices import (
     Context, Message, Part, SourceTurn, StoryTask, TaskExample, TurnChoices, history_part, sample_examples,
@@ -109,7 +110,7 @@ class InterleavedEncoder:
 
     def __init__(
         self, cfg: MiniGPT5Config, counter: SampleCounter, targets: Targets, context: Context,
-        latents: LatentMode = "auto", choices: Optional[TurnChoices] = None, training: bool = False,
+        latents: CacheMode = "auto", choices: Optional[TurnChoices] = None, training: bool = False,
     ) -> None:
         """``latents``: cached target latents used where present ("auto"), required, or ignored ("off");
         ``choices``: how samples become examples (None: this project's reading, ``TurnChoices()``);
@@ -253,7 +254,7 @@ class InterleavedDataModule(ShardDataModule):
         seed: int = 0,
         stream_groups: Optional[int] = None,
         model_config: Optional[MiniGPT5Config] = None,
-        latents: LatentMode = "auto",
+        latents: CacheMode = "auto",
         prefetch_factor: int = 2,
         pin_memory: Optional[bool] = None,
         persistent_val_workers: bool = False,

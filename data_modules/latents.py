@@ -16,20 +16,15 @@ float32 holds the encoder's output exactly for any VAE dtype. Size per image:
 
 from __future__ import annotations
 
-import io
-import json
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from data_modules.errors import BadSample
+from data_modules.cache_records import CacheMode, read_array, usable_cache
 from minigpt5.builders import latent_space_name
 from minigpt5.config import DiffusionConfig
 from minigpt5.images import TARGET_TRANSFORM
 
-LatentMode = Literal["off", "auto", "require"]  # ignore caches | use them where present | every sample needs one
-LATENT_MODES = ("off", "auto", "require")
 LATENT_SUFFIX = "latent.npy"
 RECORD_FIELD = "latent.json"
 
@@ -37,7 +32,7 @@ RECORD_FIELD = "latent.json"
 class LatentCacheError(ValueError):
     """Cached latents that this run cannot use (missing where required, or made differently).
 
-    Not a :class:`BadSample`: it is never skipped, it stops training with the sample named.
+    Not a :class:`~data_modules.errors.BadSample`: it is never skipped, it stops training with the sample named.
     """
 
 
@@ -60,15 +55,8 @@ def cache_record(cfg: DiffusionConfig) -> dict[str, Any]:
     }
 
 
-def moments_to_bytes(moments: np.ndarray) -> bytes:
-    """(2c, h, w) float32 moments -> ``.npy`` bytes."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(moments, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
 def cached_moments(
-    sample: dict[str, Any], image_fields: list[str], expected: dict[str, Any], mode: LatentMode
+    sample: dict[str, Any], image_fields: list[str], expected: dict[str, Any], mode: CacheMode
 ) -> Optional[torch.Tensor]:
     """The cached moments (n, 2c, h, w) of ``image_fields``, or None when the images must be encoded.
 
@@ -77,36 +65,10 @@ def cached_moments(
     transform, or a sample without one in "require" mode; :class:`BadSample` for a
     damaged cache (a latent member missing or unreadable).
     """
-    if mode == "off":
+    if not usable_cache(sample, RECORD_FIELD, expected, mode, what="latents", setting="data.latents",
+                        command="`minigpt5 data encode-latents`", error=LatentCacheError):
         return None
-    where = f"{sample.get('__url__')} sample '{sample.get('__key__')}'"
-    if RECORD_FIELD not in sample:
-        if mode == "require":
-            raise LatentCacheError(
-                f"{where} has no cached latents (.{RECORD_FIELD}) but data.latents is 'require': write them with "
-                "`minigpt5 data encode-latents`, or set data.latents to auto or off"
-            )
-        return None
-    try:
-        record = json.loads(sample[RECORD_FIELD])
-    except ValueError as err:
-        raise BadSample(sample, f"unreadable .{RECORD_FIELD}: {err}") from err
-    differing = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
-    if differing:
-        detail = "; ".join(f"{k}: cache {made!r}, this run {want!r}" for k, (made, want) in differing.items())
-        raise LatentCacheError(
-            f"{where}: its latents were cached for another setup ({detail}). Re-encode the shards with "
-            "`minigpt5 data encode-latents` and this run's model config, or set data.latents to off"
-        )
-    moments = []
-    for field in image_fields:
-        name = latent_field(field)
-        if name not in sample:
-            raise BadSample(sample, f"cached latents recorded but .{name} (for .{field}) is missing")
-        try:
-            moments.append(torch.from_numpy(np.load(io.BytesIO(sample[name]), allow_pickle=False)))
-        except (ValueError, EOFError, OSError) as err:  # numpy's ways of rejecting a damaged .npy
-            raise BadSample(sample, f"unreadable .{name}: {err}") from err
+    moments = [read_array(sample, latent_field(f), f"cached latents (for .{f})") for f in image_fields]
     return torch.stack(moments)  # (n, 2c, h, w)
 
 

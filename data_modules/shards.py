@@ -20,8 +20,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from data_modules.cache_records import CacheMode
+from data_modules.caption_cache import cached_caption_embedding, caption_record, collate_caption_embeddings
 from data_modules.errors import BadSample
-from data_modules.latents import LatentMode, cached_moments, cache_record, collate_targets
+from data_modules.latents import cached_moments, cache_record, collate_targets
 from minigpt5.builders import build_llm_tokenizer, build_sd_tokenizer
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
@@ -188,13 +190,20 @@ class SampleEncoder:
 
     ``latents`` (see :mod:`data_modules.latents`): with "auto" or "require", a sample
     carrying cached latents gives its target as VAE moments and its image is not decoded.
+    ``caption_embeddings`` (:mod:`data_modules.caption_cache`), likewise: a sample carrying
+    its caption's text-encoder output gives it as the CAP target; "off" without a CAP loss.
     """
 
-    def __init__(self, cfg: MiniGPT5Config, counter: SampleCounter, latents: LatentMode = "auto") -> None:
+    def __init__(
+        self, cfg: MiniGPT5Config, counter: SampleCounter, latents: CacheMode = "auto",
+        caption_embeddings: CacheMode = "auto",
+    ) -> None:
         self.cfg = cfg
         self.counter = counter
         self.latents = latents
         self.latent_record = cache_record(cfg.diffusion)
+        self.caption_embeddings = caption_embeddings if cfg.loss.cap_weight > 0 else "off"
+        self.caption_record = caption_record(cfg)
         self.tokenizer, self.voken_ids = build_llm_tokenizer(cfg)
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.template = build_template(cfg, self.tokenizer, self.voken_ids, image_token_id)
@@ -221,6 +230,9 @@ class SampleEncoder:
             target = {"target_pixels": pixels[None], "target_cached": [False]}
         else:
             target = {"target_moments": moments, "target_cached": [True]}
+        embedding = cached_caption_embedding(sample, self.caption_record, self.caption_embeddings)  # (L, C) or None
+        if embedding is not None:
+            target["caption_embedding"] = embedding
         return [{"example": example, "caption": caption, **target} for example in examples]
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,6 +243,7 @@ class SampleEncoder:
         batch["caption_ids"] = tokenize_for_text_encoder(
             self.sd_tokenizer, captions, self.cfg.diffusion.text_max_length
         )  # (B, 77)
+        batch.update(collate_caption_embeddings(samples))  # (K, 77, C) cached CAP targets
         batch["captions"] = captions
         return batch
 

@@ -242,6 +242,36 @@ def latent_space_name(cfg: DiffusionConfig) -> str:
     return f"tiny-vae:channels={list(cfg.vae_channels)},layers={cfg.vae_layers_per_block},seed={TINY_SEED}"
 
 
+def load_text_encoder(cfg: DiffusionConfig) -> PreTrainedModel:
+    """SD's text encoder from ``cfg.path``, in ``cfg.torch_dtype``."""
+    dtype = _dtype(cfg.torch_dtype)
+    return load_pretrained("SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype)
+
+
+def build_text_encoder(cfg: MiniGPT5Config) -> PreTrainedModel:
+    """The SD text encoder alone, with the weights :func:`build_components` gives it
+    (``minigpt5 data encode-latents --captions`` needs only this part). The tiny random one
+    is drawn after the LLM from one seed, so that build runs whole."""
+    if cfg.diffusion.path is not None:
+        return load_text_encoder(cfg.diffusion)
+    return build_components(cfg).text_encoder
+
+
+def text_encoder_name(cfg: MiniGPT5Config) -> str:
+    """What identifies the SD text encoder's weights, from the config alone (recorded in caption caches).
+
+    The tiny random encoder is drawn from the tiny seed after the LLM, so the LLM's path or
+    sizes are part of its name.
+    """
+    d = cfg.diffusion
+    if d.path is not None:
+        return f"clip:{d.path}"
+    llm = cfg.llm.path or (f"tiny-llama:hidden={cfg.llm.hidden_size},layers={cfg.llm.num_layers},"
+                           f"ff={cfg.llm.intermediate_size},heads={cfg.llm.num_heads}")
+    return (f"tiny-clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
+            f"seed={TINY_SEED},after {llm}")
+
+
 def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
     """The loaded SD parts of ``cfg.path`` built from their configs only (no weights read)."""
     dtype = _dtype(cfg.torch_dtype)
@@ -269,9 +299,7 @@ def build_diffusion(
         return empty_diffusion(cfg)
     latents = build_latent_space(cfg)
     if cfg.path is not None:
-        text_encoder = load_pretrained(
-            "SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype
-        )
+        text_encoder = load_text_encoder(cfg)
         unet = load_pretrained(
             "SD UNet", cfg.path, UNet2DConditionModel.from_pretrained, subfolder="unet", torch_dtype=dtype
         )

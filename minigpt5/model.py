@@ -75,6 +75,13 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
     return len(batch[key])
 
 
+def check_cached_shape(key: str, values: torch.Tensor, expected: tuple[int, ...], per: str, needs: str) -> None:
+    """Raise naming batch ``key`` when its cached ``values`` (K, ...) are not ``expected`` per ``per``
+    (``needs``: what in the model needs that shape)."""
+    if tuple(values.shape[1:]) != expected:
+        raise ValueError(f"cached {key} have shape {tuple(values.shape[1:])} per {per}; {needs} needs {expected}")
+
+
 class MiniGPT5(nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
 
@@ -87,6 +94,9 @@ class MiniGPT5(nn.Module):
       target_cached: (N,) bool, which targets the moments are for, when only some are
         (without it, the moments are all N targets and target_pixels may be absent);
       caption_ids: optional (N, L) SD text-encoder ids of each target's caption (CAP loss);
+      caption_embeddings: optional (K, L, C) cached text-encoder output on K of those captions,
+        used instead of running the encoder (see :meth:`caption_targets`);
+      caption_cached: (N,) bool, which captions the embeddings are for, when only some are;
       input_pixels: optional (M, 3, S, S) context images, tower-normalised, one per run of
         ``<ImageHere>`` placeholders in input_ids, in row-major order.
     """
@@ -345,11 +355,8 @@ class MiniGPT5(nn.Module):
             raise ValueError("the batch has cached target_latent_moments but diffusion.latent_space is 'pixel'")
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
         expected = (2 * self.latents.channels, size, size)
-        if tuple(moments.shape[1:]) != expected:
-            raise ValueError(
-                f"cached target_latent_moments have shape {tuple(moments.shape[1:])} per image; this model's VAE "
-                f"at diffusion.resolution {self.cfg.diffusion.resolution} needs {expected}"
-            )
+        check_cached_shape("target_latent_moments", moments, expected, "image",
+                           f"this model's VAE at diffusion.resolution {self.cfg.diffusion.resolution}")
         cached = batch.get("target_cached")
         if cached is None:
             moments = flip_where(moments.float(), flips)
@@ -371,6 +378,31 @@ class MiniGPT5(nn.Module):
     def encode_captions(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """SD text-encoder output (N, L, C) for caption ids (N, L)."""
         return self.text_encoder(caption_ids)[0].float()
+
+    @torch.no_grad()
+    def caption_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The CAP targets (N, L, C): the text encoder's output on ``caption_ids``, taken from
+        ``caption_embeddings`` where the batch has them cached; the rest are encoded now."""
+        ids = batch["caption_ids"]
+        embeddings = batch.get("caption_embeddings")
+        if embeddings is None:
+            return self.encode_captions(ids)
+        expected = (ids.shape[1], self.text_encoder.config.hidden_size)
+        check_cached_shape("caption_embeddings", embeddings, expected, "caption",
+                           f"this model's text encoder on caption_ids of length {ids.shape[1]}")
+        cached = batch.get("caption_cached")
+        if cached is None:
+            cached = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+        if int(cached.sum()) != embeddings.shape[0] or cached.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"caption_cached marks {int(cached.sum())} of {cached.shape[0]} captions, but the batch has "
+                f"{embeddings.shape[0]} cached caption_embeddings and {ids.shape[0]} caption_ids"
+            )
+        targets = embeddings.new_empty((ids.shape[0], *expected), dtype=torch.float32)  # (N, L, C)
+        targets[cached] = embeddings.float()
+        if not cached.all():
+            targets[~cached] = self.encode_captions(ids[~cached])
+        return targets
 
     def null_caption(self, length: int, device: torch.device) -> torch.Tensor:
         """SD's own null conditioning, the embedding of the empty caption -> (1, L, C)."""
@@ -405,7 +437,7 @@ class MiniGPT5(nn.Module):
         loss_cap = None
         if self.cfg.loss.cap_weight > 0 and "caption_ids" in batch:
             caption_ids = batch["caption_ids"]
-            target = self.encode_captions(caption_ids)  # (N, L, C)
+            target = self.caption_targets(batch)  # (N, L, C)
             # Dropped samples are aligned with the empty caption: SD's own null conditioning.
             target = torch.where(dropped[:, None, None], self.null_caption(caption_ids.shape[1], caption_ids.device), target)
             loss_cap = cap_loss(cond, target)

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--dialogues", action="store_true",
                         help="4-turn shape dialogues built from rules (MMDialog layout)")
 
-    latents = commands.add_parser("encode-latents", help="copy shards adding each image's VAE latent (moments)")
+    latents = commands.add_parser("encode-latents", help="copy shards adding each image's VAE latent (moments) "
+                                  "and, with --captions, each caption's SD text-encoder output")
     latents.add_argument("--shards", required=True, help="input shards: brace pattern, folder or comma list")
     latents.add_argument("--out", required=True, help="output folder; shards keep their input names")
     latents.add_argument("-c", "--model-config", action="append", default=[], metavar="YAML",
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--batch-size", type=int, default=32, help="images per VAE forward")
     latents.add_argument("--workers", type=int, default=4, help="processes decoding whole shards (0: none)")
     latents.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    latents.add_argument("--captions", action="store_true",
+                         help="also cache each caption's SD text-encoder output (stage 1's CAP target)")
     return parser
 
 
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "encode-latents":
             cfg = model_config(args.model_config, args.overrides)
             print(encode_latents(args.shards, args.out, cfg, batch_size=args.batch_size, num_workers=args.workers,
-                                 device=args.device))
+                                 device=args.device, captions=args.captions))
         elif args.command == "mmdialog":
             print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
         else:

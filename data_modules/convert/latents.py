@@ -4,11 +4,15 @@ For every sample of every input shard, each image member (``key.jpg``, or
 ``key.0.jpg``, ``key.1.jpg``, ... in stories and dialogues) goes through the training
 transform (:func:`~minigpt5.images.to_target_tensor` at ``diffusion.resolution``) and the
 configured VAE's encoder; its moments are written as ``key[.i].latent.npy`` with a
-``key.latent.json`` record of what made them (:mod:`data_modules.latents`). Every other
-member is copied byte for byte. Output shards keep their input names, one per input, so
+``key.latent.json`` record of what made them (:mod:`data_modules.latents`). With
+``captions``, each sample's caption (``key.txt``) also goes through the SD text encoder as
+stage 1's CAP target takes it, written as ``key.caption_embedding.npy`` with its record
+(:mod:`data_modules.caption_cache`). Every other member is copied byte for byte. Output shards keep their input names, one per input, so
 disjoint ``--shards`` lists can also run as separate processes (one per GPU) into one folder.
 DataLoader workers read and decode whole shards while the main process runs the VAE.
-Samples with no image or an unreadable one are logged, counted and left out.
+Samples with no image or an unreadable one are logged, counted and left out; with
+``captions``, a sample without a usable caption is written without its embedding, counted
+as a ``no_caption`` problem.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 from omegaconf import OmegaConf
@@ -26,23 +32,33 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import TarWriter
 from webdataset.tariterators import tarfile_samples
 
+from data_modules.cache_records import array_to_bytes
+from data_modules.caption_cache import CAPTION_RECORD_FIELD, EMBEDDING_FIELD, caption_record
 from data_modules.convert.common import SequenceSummary
 from data_modules.errors import BadSample
-from data_modules.latents import LATENT_SUFFIX, RECORD_FIELD, cache_record, latent_field, moments_to_bytes
-from data_modules.shards import IMAGE_EXTENSIONS, decode_image, expand_shards
+from data_modules.latents import LATENT_SUFFIX, RECORD_FIELD, cache_record, latent_field
+from data_modules.shards import IMAGE_EXTENSIONS, decode_caption, decode_image, expand_shards
 from data_modules.workers import worker_context
-from minigpt5.builders import VAELatents, build_latent_space
+from minigpt5.builders import VAELatents, build_latent_space, build_sd_tokenizer, build_text_encoder
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
+from minigpt5.sequences import tokenize_for_text_encoder
+from minigpt5.templates import prepare_caption
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class LatentSummary(SequenceSummary):
     """What an encode-latents run read, wrote and skipped (samples, and the images encoded in them)."""
 
     unit = "samples"
     part = "latents"
+    captions: Optional[int] = None  # caption embeddings written (None: not asked for)
+
+    def __str__(self) -> str:
+        written = "" if self.captions is None else f"; {self.captions} caption embeddings written"
+        return super().__str__() + written
 
 
 def model_config(files: list[str], overrides: Optional[list[str]] = None) -> MiniGPT5Config:
@@ -76,11 +92,32 @@ def image_fields(sample: dict[str, Any]) -> list[str]:
 
 
 def copied_members(sample: dict[str, Any]) -> dict[str, Any]:
-    """The members to copy: all but wds' bookkeeping and any earlier latent cache."""
+    """The members to copy: all but wds' bookkeeping and any earlier latent or caption cache."""
+    caches = (RECORD_FIELD, EMBEDDING_FIELD, CAPTION_RECORD_FIELD)
     return {
         k: v for k, v in sample.items()
-        if k == "__key__" or not (k.startswith("__") or k == RECORD_FIELD or k.endswith(LATENT_SUFFIX))
+        if k == "__key__" or not (k.startswith("__") or k in caches or k.endswith(LATENT_SUFFIX))
     }
+
+
+class CaptionEncoder:
+    """The SD text encoder's output on samples' captions, worded and tokenized as stage 1's
+    CAP target is (``SampleEncoder`` and ``MiniGPT5.encode_captions``)."""
+
+    def __init__(self, cfg: MiniGPT5Config, device: str) -> None:
+        self.cfg = cfg
+        self.tokenizer = build_sd_tokenizer(cfg.diffusion)
+        self.encoder = build_text_encoder(cfg).to(device).eval().requires_grad_(False)
+        self.record = json.dumps(caption_record(cfg)).encode()
+
+    def caption(self, sample: dict[str, Any]) -> str:
+        """The sample's caption as training reads it; BadSample when it has none."""
+        return prepare_caption(decode_caption(sample), self.cfg.template)
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> np.ndarray:
+        ids = tokenize_for_text_encoder(self.tokenizer, captions, self.cfg.diffusion.text_max_length)  # (n, L)
+        return self.encoder(ids.to(self.encoder.device))[0].float().cpu().numpy()  # (n, L, C)
 
 
 class ShardImages(IterableDataset):
@@ -123,11 +160,12 @@ def encode_latents(
     batch_size: int = 32,
     num_workers: int = 0,
     device: Optional[str] = None,
+    captions: bool = False,
 ) -> LatentSummary:
     """Write ``out/<input shard name>`` for every shard of ``shards`` with latents added (module docstring).
 
     ``num_workers`` processes read and decode whole shards while the VAE encodes; the
-    output is the same for any number.
+    output is the same for any number. ``captions``: also cache each caption's text-encoder output.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
@@ -145,8 +183,9 @@ def encode_latents(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     space = space.to(device).eval().requires_grad_(False)
     record = json.dumps(cache_record(cfg.diffusion)).encode()
+    text = CaptionEncoder(cfg, device) if captions else None
     out.mkdir(parents=True, exist_ok=True)
-    summary = LatentSummary(shards=[str(t) for t in targets], spec=str(out))
+    summary = LatentSummary(shards=[str(t) for t in targets], spec=str(out), captions=0 if captions else None)
     workers = min(num_workers, len(urls))
     loader = DataLoader(ShardImages(urls, cfg.diffusion.resolution), batch_size=None, num_workers=workers,
                         multiprocessing_context=worker_context("forkserver", ShardImages.__module__) if workers else None)
@@ -156,7 +195,7 @@ def encode_latents(
         if i not in sinks:  # whole-second mtime: no PAX header per member (see data_modules.writer)
             sinks[i] = TarWriter(str(targets[i]), mtime=int(time.time()))
         if kind == "end":
-            _write_encoded(pending, space, record, summary)
+            _write_encoded(pending, space, record, summary, text)
             pending = []
             sinks.pop(i).close()
             continue
@@ -167,7 +206,7 @@ def encode_latents(
         sample, fields, pixels = rest
         pending.append((sinks[i], sample, fields, pixels))
         if sum(len(p[2]) for p in pending) >= batch_size:
-            _write_encoded(pending, space, record, summary)
+            _write_encoded(pending, space, record, summary, text)
             pending = []
     return summary
 
@@ -178,18 +217,33 @@ def _write_encoded(
     space: VAELatents,
     record: bytes,
     summary: LatentSummary,
+    text: Optional[CaptionEncoder] = None,
 ) -> None:
-    """Encode the images of ``pending`` in one batch and write each sample, with its latents, to its shard."""
+    """Encode the images (and with ``text`` the captions) of ``pending`` in one batch and write
+    each sample, with its caches, to its shard."""
     if not pending:
         return
     device = next(space.parameters()).device
     moments = space.moments(torch.cat([p[3] for p in pending]).to(device)).cpu().numpy()  # (n, 2c, h, w)
+    captioned: dict[int, str] = {}  # index in pending -> caption
+    if text is not None:
+        for i, (_, sample, _, _) in enumerate(pending):
+            try:
+                captioned[i] = text.caption(sample)
+            except BadSample as err:
+                summary.problem(log, "no_caption", f"{sample.get('__url__')} sample '{sample.get('__key__')}'",
+                                f"{err}; written without a caption embedding")
+    embeddings = dict(zip(captioned, text(list(captioned.values())))) if captioned else {}  # i -> (L, C)
     start = 0
-    for sink, sample, fields, _ in pending:
+    for i, (sink, sample, fields, _) in enumerate(pending):
         written = copied_members(sample)
         for j, field in enumerate(fields):
-            written[latent_field(field)] = moments_to_bytes(moments[start + j])
+            written[latent_field(field)] = array_to_bytes(moments[start + j])
         written[RECORD_FIELD] = record
+        if i in embeddings:
+            written[EMBEDDING_FIELD] = array_to_bytes(embeddings[i])
+            written[CAPTION_RECORD_FIELD] = text.record
+            summary.captions += 1
         start += len(fields)
         sink.write(written)
         summary.written += 1

@@ -314,7 +314,8 @@ class RecordLosses(Callback):
 
 @pytest.mark.slow
 def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, capsys):
-    """Through the CLIs: encode-latents from the training YAML, then 4 steps of `minigpt5 fit` each way."""
+    """Through the CLIs: encode-latents (latents and caption embeddings) from the training YAML, then 4 steps
+    of `minigpt5 fit` each way: VAE and text encoder in the step, or both caches required."""
     from lit_models.lightning_cli import run_lightning
     from lit_models.module import MiniGPT5Module
     from fit_runs import ROOT, fit_args
@@ -322,7 +323,7 @@ def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, caps
     shards = write_synthetic(tmp_path / "raw", num=32, val_num=0, size=24, seed=0, shard_size=16)
     status = data_main(["encode-latents", "--shards", shards.train, "--out", str(tmp_path / "cached"),
                         "-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml"),
-                        "--set", "diffusion.latent_space=vae"])
+                        "--set", "diffusion.latent_space=vae", "--captions"])
     assert status == 0, capsys.readouterr().err
     overlay = tmp_path / "record.yaml"
     overlay.write_text(yaml.safe_dump({"trainer": {"enable_progress_bar": False, "enable_checkpointing": False,
@@ -332,7 +333,8 @@ def test_fit_on_cached_shards_gives_the_same_losses_as_on_the_fly(tmp_path, caps
         RecordLosses.losses = []
         args = fit_args(type(shards)(train=spec, val=None), tmp_path / name, str(overlay), 4)
         run_lightning(MiniGPT5Module, ["fit"] + args + [
-            "--model.config.diffusion.latent_space=vae", "--data.num_workers=0", f"--data.latents={mode}"])
+            "--model.config.diffusion.latent_space=vae", "--data.num_workers=0", f"--data.latents={mode}",
+            f"--data.caption_embeddings={mode}"])
         losses[name] = RecordLosses.losses
     assert len(losses["cached"]) == len(losses["on_the_fly"]) == 4
     # Equal up to float rounding: the cache was encoded in batches of 32, training batches hold 4.
