@@ -272,13 +272,15 @@ class InterleavedDataModule(ShardDataModule):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")
         self.targets, self.context, self.choices = targets, context, choices or TurnChoices()
 
-    def make_encoder(self) -> InterleavedEncoder:
+    def _encoder(self, training: bool) -> InterleavedEncoder:
         return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
-                                  self.choices, training=True)
+                                  self.choices, training)
+
+    def make_encoder(self) -> InterleavedEncoder:
+        return self._encoder(training=True)
 
     def make_val_encoder(self) -> InterleavedEncoder:
         """The training encoder, or without ``choices.image_context_dropout`` where it is on."""
         if not self.choices.image_context_dropout:
             return super().make_val_encoder()
-        return InterleavedEncoder(self.model_config, self.counter, self.targets, self.context, self.latents,
-                                  self.choices, training=False)
+        return self._encoder(training=False)
