@@ -14,13 +14,15 @@ from lightning import LightningDataModule
 
 from data_modules.cache_records import CACHE_MODES, CacheMode
 from data_modules.shards import (
-    SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, expand_shards,
+    SampleCounter, SampleEncoder, ShardSpec, batches_per_worker, eval_pipeline, example_length, expand_shards,
 )
 from data_modules.stream import FAULTS_KEY, POSITION_KEY, DataFaults, EpochLoader, ResumableStream, StreamPosition
 from data_modules.workers import START_METHODS, worker_context
 from minigpt5.config import ConfigError, MiniGPT5Config
 
 log = logging.getLogger(__name__)
+
+POOL_SHAPE_KEY = "batches per length-sorted pool (data.length_grouping)"
 
 
 class ShardDataModule(LightningDataModule):
@@ -71,6 +73,7 @@ class ShardDataModule(LightningDataModule):
         persistent_val_workers: bool = False,
         worker_start: str = "forkserver",
         max_bad_share: float = 0.1,
+        length_grouping: int = 1,
     ) -> None:
         """``stream_groups``: independent training streams, split evenly over ranks (None: one
         per rank). Runs with the same value and global batch see the same samples per step at
@@ -80,7 +83,10 @@ class ShardDataModule(LightningDataModule):
         (:mod:`data_modules.workers`; "fork" only for a script that cannot be re-imported,
         such as a notebook, at the risk that explains the default). ``max_bad_share``: training
         stops with DataFaultError once more than this share of the samples read were bad
-        (checked from 50 samples on); shards cut short are skipped, logged and counted."""
+        (checked from 50 samples on); shards cut short are skipped, logged and counted.
+        ``length_grouping``: training batches are cut from pools of this many batches' worth
+        of examples sorted by token length, so that little of each batch is padding (1: off;
+        :mod:`data_modules.stream`). Resuming needs the saved value."""
         super().__init__()
         if (batch_size < 1 or samples_per_epoch < 1 or num_workers < 0 or (val_samples is not None and val_samples < 1)
                 or (stream_groups is not None and stream_groups < 1)):
@@ -92,6 +98,8 @@ class ShardDataModule(LightningDataModule):
         for name, mode in (("latents", latents), ("caption_embeddings", caption_embeddings)):
             if mode not in CACHE_MODES:
                 raise ValueError(f"data.{name} must be one of {', '.join(CACHE_MODES)}; got {mode!r}")
+        if length_grouping < 1:
+            raise ValueError(f"data.length_grouping must be >= 1 (1: off), got {length_grouping}")
         if prefetch_factor < 1:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
         if not 0 <= max_bad_share <= 1:
@@ -115,6 +123,7 @@ class ShardDataModule(LightningDataModule):
         self.persistent_val_workers = persistent_val_workers
         self.worker_start = worker_start
         self.max_bad_share = max_bad_share
+        self.length_grouping = length_grouping
         self.faults = DataFaults()  # this rank's, since this run started
         self.faults_before = DataFaults()  # every rank's, before this run resumed
         self.counter = SampleCounter()
@@ -176,6 +185,8 @@ class ShardDataModule(LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
             groups=self._groups()[1],
+            pool_batches=self.length_grouping,
+            length=example_length,
         )
         return EpochLoader(dataset, self.num_workers, self._start_epoch, **self.loader_options(self.num_workers))
 
@@ -228,11 +239,14 @@ class ShardDataModule(LightningDataModule):
         """What the saved stream position means only under: exact resumption needs these unchanged."""
         _, world_size = self._rank_and_world()
         return {"global batch (data.batch_size x world size)": self.batch_size * world_size,
-                "logical streams per rank (data.num_workers, at least 1)": max(1, self.num_workers)}
+                "logical streams per rank (data.num_workers, at least 1)": max(1, self.num_workers),
+                POOL_SHAPE_KEY: self.length_grouping}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         groups = self._groups()[0]
-        saved_shape, shape = state_dict.get("stream_shape", {}), self._stream_shape()
+        # A checkpoint saved before length grouping existed streamed without it.
+        saved_shape = {POOL_SHAPE_KEY: 1, **state_dict.get("stream_shape", {})}
+        shape = self._stream_shape()
         changed = [f"{key}: {saved_shape[key]} -> {shape[key]}" for key in shape
                    if key in saved_shape and saved_shape[key] != shape[key]]
         if changed:

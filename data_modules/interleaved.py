@@ -260,13 +260,14 @@ class InterleavedDataModule(ShardDataModule):
         persistent_val_workers: bool = False,
         worker_start: str = "forkserver",
         max_bad_share: float = 0.1,
+        length_grouping: int = 1,
         choices: Optional[TurnChoices] = None,
     ) -> None:
         super().__init__(
             train_shards, val_shards, batch_size, num_workers, shuffle_buffer, samples_per_epoch, val_samples, seed,
             stream_groups=stream_groups, model_config=model_config, latents=latents, prefetch_factor=prefetch_factor,
             pin_memory=pin_memory, persistent_val_workers=persistent_val_workers,
-            worker_start=worker_start, max_bad_share=max_bad_share,
+            worker_start=worker_start, max_bad_share=max_bad_share, length_grouping=length_grouping,
         )
         if targets not in ("last", "all") or context not in ("both", "text", "images"):
             raise ValueError(f"targets must be last|all and context both|text|images; got {targets!r}, {context!r}")

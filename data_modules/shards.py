@@ -248,6 +248,11 @@ class SampleEncoder:
         return batch
 
 
+def example_length(item: dict[str, Any]) -> int:
+    """Tokens of an encoded training input (either encoder's ``{"example": Example, ...}``)."""
+    return len(item["example"].input_ids)
+
+
 # ---- pipelines ----
 
 def batches_per_worker(samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int) -> int:

@@ -18,6 +18,15 @@ the data module passes back the position of the last batch the training loop con
 worker ``w`` then plays logical stream ``(w + k) % W`` (``k`` batches consumed), skips
 the raw samples that stream already read (before decoding) and carries on, so batch
 ``k`` is the next one delivered, exactly as in an uninterrupted run.
+
+Length grouping (``pool_batches`` = P > 1): each logical stream reads P batches' worth of
+examples per group at a time (a *pool*), sorts them by length, cuts them into P batches of
+neighbouring lengths and hands those out in an order drawn from (seed, epoch, stream, pool
+index), the same order in every group, so a batch pads to a length close to its examples'
+own. A batch's position then records the raw samples read before its pool began while the
+pool has batches left; a restart re-reads that pool and skips the batches already consumed
+(``k // W`` batches of the stream make whole pools and a remainder), so resumption and the
+same-samples-at-any-world-size property hold as without grouping, which is P = 1.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ log = logging.getLogger(__name__)
 
 POSITION_KEY = "__stream_position__"
 FAULTS_KEY = "__stream_faults__"  # per batch: raw samples read for it, of which bad, and shards cut short
+MAX_BAD_IN_A_ROW = 1000  # bad samples in a row that stop a stream: with them the batch check never runs
 
 
 class DataFaultError(RuntimeError):
@@ -111,7 +121,8 @@ class ResumableStream(IterableDataset):
     ``encode`` turns a raw sample into a list of model inputs or raises; ``on_error(exc)``
     returns True to skip the sample (it counts and logs) or re-raises. ``collate`` builds
     batches of at least ``batch_size`` inputs, ``batch_size / len(groups)`` from each
-    group in order (a sample's inputs are never split).
+    group in order (without length grouping a sample's inputs are never split).
+    ``pool_batches`` > 1 groups inputs of similar ``length`` into batches (module docstring).
     """
 
     def __init__(
@@ -127,14 +138,19 @@ class ResumableStream(IterableDataset):
         shuffle_buffer: int,
         seed: int,
         groups: Sequence[int],
+        pool_batches: int = 1,
+        length: Optional[Callable[[Any], int]] = None,
     ) -> None:
         super().__init__()
         if not groups or batch_size % len(groups):
             raise ValueError(f"batch_size {batch_size} must split evenly over the rank's stream groups {list(groups)}")
+        if pool_batches < 1 or (pool_batches > 1 and length is None):
+            raise ValueError(f"pool_batches must be >= 1 (and > 1 needs a length function); got {pool_batches}")
         self.urls = urls
         self.encode, self.collate, self.on_error = encode, collate, on_error
         self.batch_size, self.num_batches, self.num_streams = batch_size, num_batches, num_streams
         self.shuffle_buffer, self.seed, self.groups = shuffle_buffer, seed, list(groups)
+        self.pool_batches, self.length = pool_batches, length
         self.epoch = 0
         self.resume: Optional[StreamPosition] = None
 
@@ -170,6 +186,22 @@ class ResumableStream(IterableDataset):
 
         return buffered_shuffle(samples(), self.shuffle_buffer, self._rng(group, stream, "shuffle"))
 
+    def _pool_order(self, stream: int, pool: int) -> list[int]:
+        """The order in which a pool's batches are handed out (the same in every group)."""
+        order = list(range(self.pool_batches))
+        random.Random(f"{self.seed}/{self.epoch}/{stream}/{pool}/order").shuffle(order)
+        return order
+
+    def _split_pool(self, inputs: list[Any]) -> list[list[Any]]:
+        """``inputs`` -> ``pool_batches`` lists of neighbouring lengths (sizes differ by at most one)."""
+        if self.pool_batches == 1:
+            return [inputs]
+        assert self.length is not None
+        ranked = sorted(inputs, key=self.length)  # stable: ties keep the stream's order
+        size, extra = divmod(len(ranked), self.pool_batches)
+        cuts = [j * size + min(j, extra) for j in range(self.pool_batches + 1)]
+        return [ranked[a:b] for a, b in zip(cuts, cuts[1:])]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = 0 if info is None else info.id
@@ -177,6 +209,7 @@ class ResumableStream(IterableDataset):
         stream = (worker + done) % self.num_streams
         # Batches of this logical stream already consumed: global indices j < done with j % W == stream.
         produced = max(0, -(-(done - stream) // self.num_streams))
+        # Raw samples read before the pool holding batch ``produced`` (all of them when pools are single batches).
         raw_read = {g: self.resume.raw.get(g, {}).get(stream, 0) if done else 0 for g in self.groups}
         faults = DataFaults()  # since the last batch
         samples = {g: self.raw_samples(g, stream, faults) for g in self.groups}
@@ -185,25 +218,48 @@ class ResumableStream(IterableDataset):
                 next(samples[g])
         faults.bad_shards = 0  # what the resume skip re-read was counted before the restart
         share = self.batch_size // len(self.groups)
+        pool_start, pending = dict(raw_read), {}  # pending: batch slot -> its inputs, per group
         for i in range(produced, self.num_batches):
-            batch: list[Any] = []
-            for g in self.groups:
-                start = len(batch)
-                while len(batch) - start < share:
-                    sample = next(samples[g])
-                    raw_read[g] += 1
-                    faults.read += 1
-                    try:
-                        batch.extend(self.encode(sample))
-                    except Exception as exc:  # on_error logs, counts and skips, or re-raises
-                        self.on_error(exc)
-                        faults.bad_samples += 1
+            pool, slot = divmod(i, self.pool_batches)
+            if slot == 0 or not pending:  # a new pool, or the resumed one re-read
+                pool_start = dict(raw_read)
+                pending = {g: self._split_pool(self._read_inputs(samples[g], g, share * self.pool_batches, raw_read,
+                                                                 faults)) for g in self.groups}
+                if slot:  # resumed inside this pool: its faults were counted before the restart
+                    faults.read = faults.bad_samples = faults.bad_shards = 0
+            chosen = self._pool_order(stream, pool)[slot]
+            batch = [x for g in self.groups for x in pending[g][chosen]]
             out = self.collate(batch)
-            per_group = [v for g in self.groups for v in (g, raw_read[g])]
+            last = slot == self.pool_batches - 1
+            position = raw_read if last else pool_start
+            per_group = [v for g in self.groups for v in (g, position[g])]
             out[POSITION_KEY] = torch.tensor([self.epoch, i * self.num_streams + stream, stream, *per_group])
             out[FAULTS_KEY] = torch.tensor([faults.read, faults.bad_samples, faults.bad_shards])
             faults.read = faults.bad_samples = faults.bad_shards = 0
             yield out
+
+    def _read_inputs(self, samples: Iterator[dict[str, Any]], group: int, count: int, raw_read: dict[int, int],
+                     faults: DataFaults) -> list[Any]:
+        """Encoded inputs of the next raw samples of ``group``, at least ``count`` of them (whole samples)."""
+        inputs: list[Any] = []
+        bad_in_a_row = 0
+        while len(inputs) < count:
+            sample = next(samples)
+            raw_read[group] += 1
+            faults.read += 1
+            try:
+                inputs.extend(self.encode(sample))
+                bad_in_a_row = 0
+            except Exception as exc:  # on_error logs, counts and skips, or re-raises
+                self.on_error(exc)
+                faults.bad_samples += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= MAX_BAD_IN_A_ROW:  # no batch would ever come, so no batch-level check either
+                    raise DataFaultError(
+                        f"the last {bad_in_a_row} training samples read were all bad (the last one: {exc}); the "
+                        "data cannot fill a batch. The warnings above name each sample"
+                    ) from exc
+        return inputs
 
 
 class EpochLoader:

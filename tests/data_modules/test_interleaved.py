@@ -14,7 +14,7 @@ from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.interleaved import InterleavedDataModule
 from data_modules.synthetic import colour_of, dominant_colour, dominant_shape, write_synthetic
 from data_modules.turn_choices import TurnChoices
-from minigpt5.config import LLMConfig, MiniGPT5Config, VisionConfig
+from minigpt5.config import ConfigError, LLMConfig, MiniGPT5Config, VisionConfig
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5
 
@@ -100,3 +100,32 @@ def test_synthetic_stories_read_as_vist_and_show_their_rules(tmp_path):
             image = Image.open(io.BytesIO(sample[step["image"]]))
             assert (dominant_colour(image), dominant_shape(image)) == (step["colour"], step["shape"])
             assert step["shape"] in step["text"]
+
+
+def computed_per_real_token(batches_: list[dict]) -> float:
+    """LLM positions computed (each batch padded to its longest) per real token."""
+    return sum(b["attention_mask"].numel() for b in batches_) / sum(int(b["attention_mask"].sum()) for b in batches_)
+
+
+def test_length_grouping_cuts_padding_and_resumes_exactly(vist_shards, mmdialog_shards):
+    spec = f"{vist_shards},{mmdialog_shards}"
+
+    def module(grouping: int) -> InterleavedDataModule:
+        dm = InterleavedDataModule(spec, model_config=CFG, num_workers=0, batch_size=4, samples_per_epoch=48,
+                                   shuffle_buffer=20, length_grouping=grouping)
+        dm.setup("fit")
+        return dm
+
+    plain, grouped = list(module(1).train_dataloader()), list(module(6).train_dataloader())
+    assert len(plain) == len(grouped) == 12
+    assert computed_per_real_token(grouped) < computed_per_real_token(plain)
+
+    first = module(6)
+    for batch in grouped[:4]:  # stop inside the first pool
+        first.on_before_batch_transfer(dict(batch), 0)
+    resumed = module(6)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed.train_dataloader())
+    assert [b["input_ids"].tolist() for b in rest] == [b["input_ids"].tolist() for b in grouped[4:]]
+    with pytest.raises(ConfigError, match=r"data.length_grouping\): 6 -> 1"):
+        module(1).load_state_dict(first.state_dict())

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data_modules.shards import BadSample, SampleCounter
-from data_modules.stream import POSITION_KEY, EpochLoader, ResumableStream, StreamPosition, buffered_shuffle
+from data_modules.stream import POSITION_KEY, DataFaultError, EpochLoader, ResumableStream, StreamPosition, buffered_shuffle
 from data_modules.writer import write_shards
 
 
@@ -29,10 +29,17 @@ def encode(sample: dict[str, Any]) -> list[str]:
     return [sample["__key__"]]
 
 
-def stream(urls, *, workers: int = 2, group: int = 0, seed: int = 0, counter=None) -> ResumableStream:
+def key_length(key: str) -> int:
+    """A made-up token length per key, spread widely (for length grouping)."""
+    return 1 + (int(key) * 7) % 23
+
+
+def stream(urls, *, workers: int = 2, group: int = 0, seed: int = 0, counter=None, pool: int = 1,
+           num_batches: int = 4) -> ResumableStream:
     return ResumableStream(urls, encode=encode, collate=lambda keys: {"keys": keys},
-                           on_error=counter or SampleCounter(), batch_size=3, num_batches=4,
-                           num_streams=max(1, workers), shuffle_buffer=5, seed=seed, groups=[group])
+                           on_error=counter or SampleCounter(), batch_size=3, num_batches=num_batches,
+                           num_streams=max(1, workers), shuffle_buffer=5, seed=seed, groups=[group],
+                           pool_batches=pool, length=key_length)
 
 
 def epoch(dataset: ResumableStream, workers: int, epoch_index: int = 0, resume=None) -> list[dict]:
@@ -61,15 +68,17 @@ def test_epoch_content_is_fixed_by_seed_and_epoch_and_differs_by_group(tmp_path)
     assert keys(epoch(stream(urls, seed=5), 2)) != first
 
 
-@pytest.mark.parametrize("workers, consumed", [(0, 3), (2, 3), (2, 4), (2, 0)])
-def test_resume_continues_exactly_where_the_consumer_stopped(tmp_path, workers, consumed):
+@pytest.mark.parametrize("workers, consumed, pool", [(0, 3, 1), (2, 3, 1), (2, 4, 1), (2, 0, 1),
+                                                     (0, 1, 2), (0, 2, 2), (0, 3, 3), (2, 3, 2), (2, 5, 3)])
+def test_resume_continues_exactly_where_the_consumer_stopped(tmp_path, workers, consumed, pool):
+    """Also with length grouping, from inside a pool and at its end (``pool`` batches a pool)."""
     urls = write_keyed_shards(tmp_path, bad=frozenset({2, 7, 13, 21}))
-    full = epoch(stream(urls, workers=workers), workers)
+    full = epoch(stream(urls, workers=workers, pool=pool), workers)
     position = StreamPosition()
     for batch in full[:consumed]:
         position.advance(batch[POSITION_KEY].tolist())
     assert position.batches == consumed
-    rest = epoch(stream(urls, workers=workers), workers, resume=position)
+    rest = epoch(stream(urls, workers=workers, pool=pool), workers, resume=position)
     assert keys(rest) == keys(full[consumed:])
     assert [b[POSITION_KEY].tolist() for b in rest] == [b[POSITION_KEY].tolist() for b in full[consumed:]]
 
@@ -127,3 +136,55 @@ def test_epoch_loader_starts_no_workers_until_the_first_batch(tmp_path):
     assert starts == []
     del iterator
     assert len(list(loader)) == 8 and len(starts) == 1
+
+
+def padded_share(batches: list[list[str]]) -> float:
+    """Computed tokens (each batch padded to its longest) per real token."""
+    computed = sum(len(b) * max(map(key_length, b)) for b in batches)
+    return computed / sum(key_length(k) for b in batches for k in b)
+
+
+def test_length_pools_hand_out_the_same_samples_in_batches_of_neighbouring_lengths(tmp_path):
+    urls = write_keyed_shards(tmp_path, num_shards=4, per_shard=12)
+    plain = keys(epoch(stream(urls, workers=0, num_batches=8), 0))
+    pooled = keys(epoch(stream(urls, workers=0, num_batches=8, pool=4), 0))
+    for start in (0, 4):  # each pool holds the samples the same four batches hold without grouping
+        assert sorted(sum(pooled[start:start + 4], [])) == sorted(sum(plain[start:start + 4], []))
+        by_length = sorted(pooled[start:start + 4], key=lambda b: min(map(key_length, b)))
+        assert all(max(map(key_length, a)) <= min(map(key_length, b)) for a, b in zip(by_length, by_length[1:]))
+    assert pooled != plain and all(len(b) == 3 for b in pooled)
+    assert padded_share(pooled) < padded_share(plain)
+
+
+def test_length_pools_keep_what_one_rank_over_two_groups_sees(tmp_path):
+    urls = write_keyed_shards(tmp_path, bad=frozenset({2, 7, 13, 21}))
+
+    def grouped(groups, batch_size):
+        return ResumableStream(urls, encode=encode, collate=lambda keys: {"keys": keys}, on_error=SampleCounter(),
+                               batch_size=batch_size, num_batches=4, num_streams=1, shuffle_buffer=5, seed=0,
+                               groups=groups, pool_batches=3, length=key_length)
+
+    both = keys(epoch(grouped([0, 1], 6), 0))
+    rank0, rank1 = keys(epoch(grouped([0], 3), 0)), keys(epoch(grouped([1], 3), 0))
+    assert both == [a + b for a, b in zip(rank0, rank1)]
+    position = StreamPosition()
+    for batch in epoch(grouped([0], 3), 0)[:2]:
+        position.advance(batch[POSITION_KEY].tolist())
+    other = StreamPosition()
+    for batch in epoch(grouped([1], 3), 0)[:2]:
+        other.advance(batch[POSITION_KEY].tolist())
+    position.merge(other)
+    assert keys(epoch(grouped([0, 1], 6), 0, resume=position)) == both[2:]
+
+
+def test_length_pools_need_a_length():
+    with pytest.raises(ValueError, match="pool_batches must be >= 1"):
+        ResumableStream([], encode=encode, collate=dict, on_error=SampleCounter(), batch_size=3, num_batches=1,
+                        num_streams=1, shuffle_buffer=1, seed=0, groups=[0], pool_batches=2)
+
+
+def test_a_stream_of_only_bad_samples_stops_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("data_modules.stream.MAX_BAD_IN_A_ROW", 25)
+    urls = write_keyed_shards(tmp_path, num_shards=1, per_shard=10, bad=frozenset(range(10)))
+    with pytest.raises(DataFaultError, match="the last 25 training samples read were all bad"):
+        epoch(stream(urls, workers=0), 0)
