@@ -196,7 +196,6 @@ class _Reader:
         if pixels is not None:
             self.pixels += list(pixels.to(self.device))
         k = len(ids)
-        mask = torch.ones(1, len(self.ids), dtype=torch.long, device=self.device)  # (1, T)
         if self.use_cache:
             new = torch.tensor([ids], device=self.device)  # (1, k)
             new_pixels = pixels.to(self.device) if pixels is not None else None
@@ -204,7 +203,8 @@ class _Reader:
         else:
             full = torch.tensor([self.ids], device=self.device)  # (1, T)
             embeds = self.model.embed_inputs(full, self.context_pixels())  # (1, T, D)
-        step = self.model.llm_step(embeds, mask, self.cache, use_cache=self.use_cache, logits_to_keep=1)
+        # One story, no padding: no mask (an all-ones one costs the LLM a check at every step).
+        step = self.model.llm_step(embeds, None, self.cache, use_cache=self.use_cache, logits_to_keep=1)
         self.cache = step.cache
         return step.logits[0, -1].float(), step.hidden[0, -k:]  # (V + n,), (k, D)
 
