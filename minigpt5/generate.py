@@ -265,6 +265,13 @@ def generation_settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, A
     return settings
 
 
+def ending_ids(model: "MiniGPT5") -> list[int]:
+    """The tokens that end the turn when written, masked until ``min_new_tokens``: the first of the
+    template's end marker (``</s>``, ``###`` or the chat template's end of turn) and ``</s>``."""
+    eos = model.tokenizer.eos_token_id
+    return sorted({model.template.end_marker.ids[0]} | ({eos} if eos is not None else set()))
+
+
 @torch.no_grad()
 def generate(
     model: "MiniGPT5",
@@ -301,7 +308,7 @@ def generate_from_ids(
     placeholder_run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
 
     end: EndMarker = model.template.end_marker  # </s>, ### or the chat template's end of turn
-    enders = sorted({end.ids[0]} | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
+    enders = ending_ids(model)
     reader = _Reader(model, cfg.use_cache)
     generator = torch.Generator(device=reader.device).manual_seed(cfg.seed)
     was_training = model.training
