@@ -41,8 +41,9 @@ CACHE_GOAL = 5.0  # cached / recomputed tokens per second
 BATCH_GOAL = 1.6  # two UNet calls / one batched call
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_generation_args(parser: argparse.ArgumentParser, gen_repeats: int) -> None:
+    """Threads, seed, prompt and generation length, repetitions, sizes, guidance scale and device,
+    shared by the generation benchmarks."""
     add = parser.add_argument
     # One sequence, one token at a time: matmuls too small for threads to pay, and on shared
     # cores a second thread waits on a busy neighbour (measured here: 10 s vs 0.7 s per run).
@@ -50,13 +51,18 @@ def parse_args() -> argparse.Namespace:
     add("--seed", type=int, default=0)
     add("--prompt-tokens", type=int, default=100, help="prompt length (at least this many tokens)")
     add("--new-tokens", type=int, default=200)
-    add("--gen-repeats", type=int, default=3, help="timed generations of each kind (median reported)")
-    add("--unet-repeats", type=int, default=20)
+    add("--gen-repeats", type=int, default=gen_repeats, help="timed generations of each kind (median reported)")
     add("--warmup", type=int, default=1)
     add_size_args(parser)
-    add("--unet-batch", type=int, nargs="+", default=[1], help="images per guided step (generation draws 1)")
-    add("--scale", type=float, default=7.5, help="guidance scale (!= 1, else there is nothing to batch)")
+    add("--scale", type=float, default=7.5, help="guidance scale (!= 1: guided, one batched UNet call per step)")
     add("--device", default="cpu")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_generation_args(parser, gen_repeats=3)
+    parser.add_argument("--unet-repeats", type=int, default=20)
+    parser.add_argument("--unet-batch", type=int, nargs="+", default=[1], help="images per guided step (generation draws 1)")
     return parser.parse_args()
 
 
@@ -164,8 +170,9 @@ def bench_guidance(model: MiniGPT5, args: argparse.Namespace) -> dict[int, float
     return ratios
 
 
-def main() -> None:
-    args = parse_args()
+def start_model(args: argparse.Namespace) -> MiniGPT5:
+    """Threads and seed set (``start_run``), the model built in eval mode, and the run described:
+    torch, threads, the cores others kept busy, sizes."""
     cores, threads, busy = start_run(args)
     cfg = build_config(args)
     model = MiniGPT5(cfg).eval().to(args.device)
@@ -177,6 +184,12 @@ def main() -> None:
     print(f"config: LLM {cfg.llm.hidden_size}x{cfg.llm.num_layers} (ff {cfg.llm.intermediate_size}, "
           f"vocab {model.vokens.first_id} + {model.vokens.num_vokens} vokens), UNet {cfg.diffusion.unet_channels} "
           f"x-attn {cfg.diffusion.cross_attention_dim}, {cfg.diffusion.latent_space} space at {cfg.diffusion.resolution}px")
+    return model
+
+
+def main() -> None:
+    args = parse_args()
+    model = start_model(args)
     cache_ratio = bench_cache(model, args)
     batch_ratios = bench_guidance(model, args)
     summary = ", ".join(f"batch {b}: {r:.2f}x" for b, r in batch_ratios.items())

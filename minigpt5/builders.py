@@ -43,6 +43,24 @@ from minigpt5.vokens import add_voken_tokens
 
 TINY_SEED = 0
 
+# The sampling settings of SD 2.1 base's scheduler (minigpt5/architectures/stable-diffusion-2-1-base/
+# scheduler/scheduler_config.json), given to the tiny scheduler in latent and pixel space alike, so that
+# the tiny parts sample as diffusers' StableDiffusionPipeline samples them (benchmarks/peers.py checks it).
+# Training (random timesteps, add_noise) reads none of them. Where diffusers' defaults differ:
+SD_SAMPLING = {
+    # DDPMScheduler's default is 0; StableDiffusionPipeline rewrites 0 to 1 with a deprecation warning.
+    # Leading timestep spacing (pndm, ddim, ddpm) then samples t = 1, 1 + k, ..., not 0, k, ...
+    "steps_offset": 1,
+    # DDIM's default is True (the last step lands on alpha 1); PNDM's and SD's are False (alpha at t = 0).
+    # Not a DDPMScheduler argument: kept in its config for the samplers built from it, as SD's file is.
+    "set_alpha_to_one": False,
+    # DDPMScheduler's default is True, which DDIM inherits: every step clips its x0 estimate to [-1, 1].
+    # Meaningless for latents (the pipeline forces it off), and in pixel space, where it could apply,
+    # measured to hurt: on the demo's stage-1 checkpoint (72 images, DDIM, guidance 2; colour / shape
+    # right) 50 steps gave 0.74 / 0.67 clipped, 0.99 / 0.93 not; 10 steps 0.99 / 0.92 and 0.99 / 0.96.
+    "clip_sample": False,
+}
+
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
@@ -320,12 +338,10 @@ def build_diffusion(
         )
     )
     unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
-    # clip_sample off, as SD 2.1's scheduler config has it (diffusers' DDPM default is on): clipping each
-    # step's x0 estimate compounds over steps. Measured on the demo's stage-1 checkpoint (72 images, DDIM,
-    # guidance 2; colour / shape right): 50 steps 0.74 / 0.67 clipped, 0.99 / 0.93 not; 10 steps 0.99 /
-    # 0.92 and 0.99 / 0.96. Training and the multistep samplers (dpm++, unipc, pndm) never read it.
-    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction_type,
-                              beta_schedule=cfg.beta_schedule, clip_sample=False)
+    scheduler = DDPMScheduler.from_config({
+        "num_train_timesteps": cfg.num_train_timesteps, "prediction_type": cfg.prediction_type,
+        "beta_schedule": cfg.beta_schedule, **SD_SAMPLING,
+    })
     if dtype != torch.float32:
         text_encoder, unet = text_encoder.to(dtype), unet.to(dtype)
     return text_encoder, unet, latents, scheduler

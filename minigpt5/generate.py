@@ -196,7 +196,6 @@ class _Reader:
         if pixels is not None:
             self.pixels += list(pixels.to(self.device))
         k = len(ids)
-        mask = torch.ones(1, len(self.ids), dtype=torch.long, device=self.device)  # (1, T)
         if self.use_cache:
             new = torch.tensor([ids], device=self.device)  # (1, k)
             new_pixels = pixels.to(self.device) if pixels is not None else None
@@ -204,7 +203,8 @@ class _Reader:
         else:
             full = torch.tensor([self.ids], device=self.device)  # (1, T)
             embeds = self.model.embed_inputs(full, self.context_pixels())  # (1, T, D)
-        step = self.model.llm_step(embeds, mask, self.cache, use_cache=self.use_cache, logits_to_keep=1)
+        # One story, no padding: no mask (an all-ones one costs the LLM a check at every step).
+        step = self.model.llm_step(embeds, None, self.cache, use_cache=self.use_cache, logits_to_keep=1)
         self.cache = step.cache
         return step.logits[0, -1].float(), step.hidden[0, -k:]  # (V + n,), (k, D)
 
@@ -265,6 +265,13 @@ def generation_settings(model: "MiniGPT5", cfg: GenerationConfig) -> dict[str, A
     return settings
 
 
+def ending_ids(model: "MiniGPT5") -> list[int]:
+    """The tokens that end the turn when written, masked until ``min_new_tokens``: the first of the
+    template's end marker (``</s>``, ``###`` or the chat template's end of turn) and ``</s>``."""
+    eos = model.tokenizer.eos_token_id
+    return sorted({model.template.end_marker.ids[0]} | ({eos} if eos is not None else set()))
+
+
 @torch.no_grad()
 def generate(
     model: "MiniGPT5",
@@ -301,7 +308,7 @@ def generate_from_ids(
     placeholder_run = [model.image_token_id] * (model.vision.num_tokens if model.vision is not None else 0)
 
     end: EndMarker = model.template.end_marker  # </s>, ### or the chat template's end of turn
-    enders = sorted({end.ids[0]} | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
+    enders = ending_ids(model)
     reader = _Reader(model, cfg.use_cache)
     generator = torch.Generator(device=reader.device).manual_seed(cfg.seed)
     was_training = model.training

@@ -256,13 +256,14 @@ class MiniGPT5(nn.Module):
         return step.logits, step.hidden
 
     def llm_step(
-        self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None, *,
+        self, embeds: torch.Tensor, attention_mask: Optional[torch.Tensor], cache: Any = None, *,
         use_cache: bool = False, logits_to_keep: int = 0,
     ) -> LLMStep:
         """One LLM call: embeddings of the new positions (B, k, D), the mask of every position so
-        far (B, T), and ``cache``, the KV cache of the positions before the new ones (None: there
-        are none) -> logits at the last ``logits_to_keep`` positions (0: all), the new positions'
-        states, and with ``use_cache`` the cache that includes them.
+        far (B, T) (None: no padding, every position attends, as Hugging Face's ``generate`` passes
+        an all-ones mask), and ``cache``, the KV cache of the positions before the new ones (None:
+        there are none) -> logits at the last ``logits_to_keep`` positions (0: all), the new
+        positions' states, and with ``use_cache`` the cache that includes them.
 
         What the adapter changes is handled here: the cache argument's name, and prefix tuning,
         whose PEFT wrapper replaces any cache it is given with a fresh prefix; so a call with a
@@ -277,6 +278,7 @@ class MiniGPT5(nn.Module):
             prefix = prefix_length(llm)
             if prefix:
                 llm = base_model(llm)
+            if prefix and attention_mask is not None:
                 ones = torch.ones(attention_mask.shape[0], prefix, dtype=attention_mask.dtype,
                                   device=attention_mask.device)  # (B, P)
                 attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + T)
