@@ -100,6 +100,7 @@ bench: install
 	$(BIN)/python benchmarks/step_breakdown.py $(ARGS)
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/peers.py
+	$(BIN)/python benchmarks/padding.py
 	$(BIN)/python benchmarks/activation_checkpointing.py
 	$(BIN)/python benchmarks/data_path.py
 	@if [ -f $(DEMO)/uas/checkpoints/last.ckpt ]; then $(BIN)/python benchmarks/sampler_steps.py; \

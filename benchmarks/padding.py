@@ -10,8 +10,9 @@ vary widely in length, and a batch pads every row to its longest. ``data.length_
    stage 2 reads them (its turn choices, ``llm.max_length`` 96), and the real VIST and
    MMDialog samples (``../shared/samples``, converted to shards and read with the official
    turn choices of configs/mls_vist.yaml and mls_mmdialog.yaml but MMDialog's 50-token turn
-   limit; a handful of stories and dialogues, resampled to fill the epoch). Lengths are in
-   the tiny preset's byte-level tokens, which spell real text in about 3x Vicuna's.
+   limit; a handful of stories and dialogues, resampled to fill the epoch; nothing cut to a
+   maximum length). Lengths are in the tiny preset's byte-level tokens, which spell real
+   text in about 3x Vicuna's.
    Goal: <= 1.10 with grouping.
 2. Stage-2 training throughput on the synthetic mix: the same model (an LLM larger than the
    tiny preset, LoRA on every linear layer, the tiny BLIP-2 reader; sizes are flags) runs
@@ -54,6 +55,7 @@ VIST_CHOICES = TurnChoices(story_tasks=["generate", "continue", "understand"], p
 # tokenizer spells the sample's first turns in over 200, which would leave no turn.
 MMDIALOG_CHOICES = TurnChoices(turn_content="first", bad_turns="stop", history="exchange", roles=True,
                                prompts="official", speakers="both")
+UNCUT = 4096  # llm.max_length for the real samples: long enough that no example is cut
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -63,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     add("--batch", type=int, default=16, help="examples per batch (the demo's stage 2: 16)")
     add("--pools", type=int, nargs="+", default=[1, 4, 16, 64], help="data.length_grouping values to measure")
     add("--epoch", type=int, default=1600, help="samples per measured epoch")
-    add("--steps", type=int, default=32, help="timed training steps per side (a multiple of --train-pool)")
+    add("--steps", type=int, default=16, help="timed training steps per side (a multiple of --train-pool)")
     add("--train-pool", type=int, default=16, help="data.length_grouping of the timed grouped side")
     add("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     add("--seed", type=int, default=0)
@@ -82,8 +84,8 @@ def data_sets(root: Path, samples: Path) -> dict[str, tuple[str, TurnChoices, in
                                 root / "mmdialog")
     return {
         "synthetic stories + dialogues (demo)": (f"{stories.train},{dialogues.train}", DEMO_CHOICES, 96),
-        "VIST sample (official choices)": (vist.spec, VIST_CHOICES, 512),
-        "MMDialog sample (official choices)": (mmdialog.spec, MMDIALOG_CHOICES, 512),
+        "VIST sample (official choices)": (vist.spec, VIST_CHOICES, UNCUT),
+        "MMDialog sample (official choices)": (mmdialog.spec, MMDIALOG_CHOICES, UNCUT),
     }
 
 
