@@ -69,6 +69,12 @@ class SequenceSummary:
         self.skipped[reason] += 1
         log.warning("%s: skipped: %s", where, message)
 
+    def wrote(self, parts: int, images: int) -> None:
+        """Count one written sequence of ``parts`` parts and ``images`` images."""
+        self.written += 1
+        self.parts += parts
+        self.images += images
+
     def __str__(self) -> str:
         skipped = sum(self.skipped.values())
         reasons = f" ({_counts(self.skipped)})" if skipped else ""
