@@ -3,14 +3,16 @@ logged problems checked, converted shards read by the interleaved DataModule, ``
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import webdataset as wds
 from PIL import Image
 
+from data_modules.convert.common import SequenceSummary
 from data_modules.interleaved import InterleavedDataModule
 from lit_models.cli import main as minigpt5_main
 from minigpt5.config import MiniGPT5Config
@@ -48,3 +50,24 @@ def help_text(words: list[str], capsys: pytest.CaptureFixture) -> str:
         minigpt5_main([*words, "--help"])
     assert exit_.value.code == 0
     return capsys.readouterr().out
+
+
+WRONG_VALUES = [None, 5, -1, 1.5, True, "x", "", [], [1], {}, {"a": 1}, "user"]
+
+
+def assert_wrong_values_counted(
+    good: dict, setters: dict[str, Callable[[dict, Any], None]], convert: Callable[[Path, Path], SequenceSummary],
+    folder: Path,
+) -> None:
+    """Each of :data:`WRONG_VALUES`, put in a copy of the record ``good`` by each of ``setters``, on a
+    jsonl line before ``good``: ``convert(jsonl, out)`` reads both lines, writes or skips (counted)
+    each, and writes one at least; never a traceback."""
+    for where, setter in setters.items():
+        for n, value in enumerate(WRONG_VALUES):
+            broken = json.loads(json.dumps(good))
+            setter(broken, value)
+            path = folder / f"{where}-{n}.jsonl"
+            path.write_text(json.dumps(broken) + "\n" + json.dumps(good) + "\n")
+            summary = convert(path, folder / f"out-{where}-{n}")
+            assert summary.read == 2 and summary.written + sum(summary.skipped.values()) == 2, (where, value)
+            assert summary.written >= 1, (where, value)

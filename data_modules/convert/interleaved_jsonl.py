@@ -8,8 +8,8 @@ Schema, one JSON object a line::
                {"text": "By noon we reached the lake.", "images": ["trip/lake.png"]}]}
 
 - ``id`` (string or integer, required): names the sample (its key: every character but ASCII
-  letters, digits, ``_`` and ``-`` becomes ``_``); a line whose key an earlier line took is
-  skipped (``duplicate_id``).
+  letters, digits, ``_`` and ``-`` becomes ``_``); a line whose key a line written before has
+  is skipped (``duplicate_id``), so the first usable line with a key is kept.
 - ``turns`` (list, required), in order; each an object with only these keys:
   ``text`` (string, default ""), ``images`` (list of image file paths, default none: a
   relative path is read from the images root, by default the jsonl file's folder; any format
@@ -122,7 +122,8 @@ def _samples(path: Path, root: Path, layout: Layout, summary: DocumentSummary) -
     parse = partial(_parse, layout=layout)
     for lineno, where, (ident, kind, turns) in json_records(path, summary, log, parse, "bad_schema",
                                                             labelled_by("id", "id")):
-        if not keys.claim(safe_key(ident), f"line {lineno}", where):
+        key = safe_key(ident)
+        if not keys.free(key, where):
             continue
         members = ImageMembers()
         if kind == "story":
@@ -143,7 +144,8 @@ def _samples(path: Path, root: Path, layout: Layout, summary: DocumentSummary) -
                 if part is not None:
                     parts.append(part)
         if long_enough(parts, name, summary, log, where):
-            yield {"__key__": safe_key(ident), "json": {"id": ident, name: parts}, **members}
+            keys.take(key, f"line {lineno}")
+            yield {"__key__": key, "json": {"id": ident, name: parts}, **members}
             summary.wrote(len(parts), len(members))
 
 

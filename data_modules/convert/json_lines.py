@@ -64,21 +64,24 @@ def json_records(
 
 
 class SampleKeys:
-    """The sample keys taken so far; a key taken again is a duplicate, counted and skipped.
+    """The sample keys taken so far; a key taken before is a duplicate, counted and skipped.
 
     ``kind`` names the problem and the skip reason (e.g. ``duplicate_id``); ``what`` says what
-    repeats, for the log (e.g. ``"id"``).
+    repeats, for the log (e.g. ``"id"``). A converter takes a key when it reads the sequence
+    (the first line keeps it, usable or not) or only when it writes it (the first usable one).
     """
 
     def __init__(self, summary: SequenceSummary, log: logging.Logger, kind: str, what: str) -> None:
         self.summary, self.log, self.kind, self.what = summary, log, kind, what
         self.owners: dict[str, str] = {}  # key -> where it was taken ("line 3", "file.jsonl:3")
 
-    def claim(self, key: str, owner: str, where: str) -> bool:
-        """Take ``key`` for ``owner``; False (counted and logged at ``where``) if it was taken before."""
-        if key in self.owners:
-            self.summary.problem(self.log, self.kind, where, f"key {key!r} already taken by {self.owners[key]}")
-            self.summary.skip(self.log, self.kind, where, f"its {self.what} repeats {self.owners[key]}'s")
-            return False
+    def free(self, key: str, where: str) -> bool:
+        """Whether ``key`` is not taken yet; if taken, the sequence at ``where`` is counted as a duplicate."""
+        if key not in self.owners:
+            return True
+        self.summary.problem(self.log, self.kind, where, f"key {key!r} already taken by {self.owners[key]}")
+        self.summary.skip(self.log, self.kind, where, f"its {self.what} repeats {self.owners[key]}'s")
+        return False
+
+    def take(self, key: str, owner: str) -> None:
         self.owners[key] = owner
-        return True

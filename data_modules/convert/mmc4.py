@@ -36,8 +36,8 @@ Problems, each logged with ``file:line`` and counted by kind in ``problems``:
 - ``bad_text`` / ``bad_json`` (line not UTF-8 / not JSON) and ``missing_key`` (not an object,
   or ``text_list``, ``image_info`` or an entry's ``image_name``, ``matched_text_index``,
   ``matched_sim``, or ``url`` missing or of the wrong type): the document is skipped;
-- ``duplicate_url`` (a url an earlier document had; MMC4 says about 3% of its urls may
-  repeat, ``could_have_url_duplicate``): the later document is skipped;
+- ``duplicate_url`` (the url of a document written before; MMC4 says about 3% of its urls
+  may repeat, ``could_have_url_duplicate``): skipped, so the first usable copy is kept;
 - ``bad_index`` (``matched_text_index`` outside ``text_list``), ``duplicate_image`` (an
   ``image_name`` the document already has) and ``shared_sentence`` (a second image matched to
   one sentence; MMC4's matching gives a sentence at most one): that image is dropped (of two
@@ -143,13 +143,14 @@ def _samples(
     for path in paths:
         for lineno, where, (url, texts, images) in json_records(path, summary, log, _parse, "missing_key"):
             key = hashlib.sha1((url if url is not None else f"{path}:{lineno}").encode()).hexdigest()[:16]
-            if not keys.claim(key, where, f"{where}: url {url!r}"):
+            if not keys.free(key, f"{where}: url {url!r}"):
                 continue
             placed = _placed(images, len(texts), folder, min_sim, summary, where)
             flow = [(text, [placed[i]] if i in placed else []) for i, text in enumerate(texts)]
             members = ImageMembers()
             steps = story_steps(flow, members, summary, log, where, max_images)
             if long_enough(steps, "steps", summary, log, where):
+                keys.take(key, where)
                 yield {"__key__": key, "json": {"url": url, "steps": steps}, **members}
                 summary.wrote(len(steps), len(members))
 

@@ -91,8 +91,9 @@ def _samples(path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dic
     label = labelled_by("conversation_id", "conversation")
     for lineno, where, (cid, raw_turns) in json_records(path, summary, log, _parse, "missing_key", label):
         key = safe_key(cid)
-        if not keys.claim(key, f"line {lineno}", where):
+        if not keys.free(key, where):
             continue
+        keys.take(key, f"line {lineno}")
         members = ImageMembers()
         turns = []
         for t, items in enumerate(raw_turns):

@@ -6,7 +6,9 @@ import json
 import logging
 
 import pytest
-from converter_checks import assert_logged, help_text, interleaved_batches, read_shards, write_image
+from converter_checks import (
+    assert_logged, assert_wrong_values_counted, help_text, interleaved_batches, read_shards, write_image,
+)
 
 from data_modules.convert.cli import main
 from data_modules.convert.interleaved_jsonl import convert_jsonl
@@ -124,4 +126,20 @@ def test_cli_jsonl(tmp_path, folder, capsys):
     assert "documents 1: written 1, skipped 0; 2 steps/turns and 2 images written; problems: missing_image 1" in out
     assert main(["jsonl", "--documents", str(path), "--out", "o", "--images", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert all(flag in help_text(["data", "jsonl"], capsys) for flag in ("--documents", "--images", "--layout", "--out"))
+    shown = help_text(["data", "jsonl"], capsys)
+    assert all(flag in shown for flag in ("--documents", "--images", "--layout", "--out"))
+
+
+def test_any_wrong_value_anywhere_is_counted_never_a_traceback(tmp_path, folder):
+    good = json.loads(line("good", turn("A.", "img/a.jpg", speaker="user"),
+                           turn("B.", "img/c.jpg", speaker="assistant"), layout="dialogue"))
+    setters = {
+        "id": lambda d, v: d.update(id=v),
+        "layout": lambda d, v: d.update(layout=v),
+        "turns": lambda d, v: d.update(turns=v),
+        "turn": lambda d, v: d["turns"].__setitem__(0, v),
+        "image": lambda d, v: d["turns"][0]["images"].__setitem__(0, v),
+        **{name: (lambda d, v, name=name: d["turns"][0].__setitem__(name, v))
+           for name in ("text", "images", "speaker")},
+    }
+    assert_wrong_values_counted(good, setters, convert_jsonl, folder)

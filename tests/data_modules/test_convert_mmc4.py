@@ -10,7 +10,9 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from converter_checks import assert_logged, help_text, interleaved_batches, read_shards, write_image
+from converter_checks import (
+    assert_logged, assert_wrong_values_counted, help_text, interleaved_batches, read_shards, write_image,
+)
 
 from data_modules.convert.cli import main
 from data_modules.convert.mmc4 import convert_mmc4
@@ -156,4 +158,33 @@ def test_cli_mmc4(tmp_path, images, capsys):
     assert "below_min_sim 1" in out
     assert main(["mmc4", "--documents", str(tmp_path / "no.jsonl"), "--images", str(images), "--out", "o"]) == 2
     assert "no.jsonl" in capsys.readouterr().err
-    assert all(flag in help_text(["data", "mmc4"], capsys) for flag in ("--documents", "--images", "--min-sim", "--max-images"))
+    shown = help_text(["data", "mmc4"], capsys)
+    assert all(flag in shown for flag in ("--documents", "--images", "--min-sim", "--max-images"))
+
+
+def test_any_wrong_value_anywhere_is_counted_never_a_traceback(tmp_path, images):
+    good = json.loads(document("good", ["A.", "B."], ("a.jpg", 0, 0.3), ("c.jpg", 1, 0.3)))
+    setters = {
+        "url": lambda d, v: d.update(url=v),
+        "text_list": lambda d, v: d.update(text_list=v),
+        "sentence": lambda d, v: d["text_list"].__setitem__(0, v),
+        "image_info": lambda d, v: d.update(image_info=v),
+        "entry": lambda d, v: d["image_info"].__setitem__(0, v),
+        **{name: (lambda d, v, name=name: d["image_info"][0].__setitem__(name, v))
+           for name in ("image_name", "matched_text_index", "matched_sim")},
+    }
+    assert_wrong_values_counted(good, setters, lambda path, out: convert_mmc4(path, images, out, min_sim=0.0),
+                                tmp_path)
+
+
+def test_a_repeated_url_keeps_the_first_usable_copy(tmp_path, images):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join([
+        document("u", ["A."], ("a.jpg", 0, 0.3)),  # too short: leaves the url free
+        document("u", ["A.", "B."], ("a.jpg", 0, 0.3), ("c.jpg", 1, 0.3)),  # written
+        document("u", ["C.", "D."], ("c.jpg", 0, 0.3), ("d.jpg", 1, 0.3)),  # a duplicate of the written one
+    ]) + "\n")
+    summary = convert_mmc4(path, images, tmp_path / "out")
+    assert (summary.written, dict(summary.skipped)) == (1, {"too_short": 1, "duplicate_url": 1})
+    (sample,) = read_shards(summary.spec)
+    assert [s["text"] for s in json.loads(sample["json"])["steps"]] == ["A.", "B."]
