@@ -30,9 +30,9 @@ class DocumentSummary(SequenceSummary):
 
     left_out: Counter = field(default_factory=Counter)  # reason -> images or texts left out
 
-    def __str__(self) -> str:
+    def more_counts(self) -> str:
         left = ", ".join(f"{reason} {count}" for reason, count in sorted(self.left_out.items()))
-        return f"{super().__str__()}; left out by design: {left or 'none'}"
+        return f"left out by design: {left or 'none'}; "
 
 
 class ImageMembers(dict[str, bytes]):
