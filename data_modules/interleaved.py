@@ -1,6 +1,6 @@
 """Stage 2 (MLS): VIST stories and MMDialog dialogues as interleaved training examples.
 
-A shard sample is one story or dialogue (as written by ``minigpt5 data vist|mmdialog``):
+A shard sample is one story or dialogue (as written by ``minigpt5 data vist|mmdialog|mmc4|jsonl``):
 ``key.json`` holds its steps/turns, ``key.0.jpg``, ``key.1.jpg``, ... its images. Each
 sample expands into examples (:mod:`data_modules.turn_choices`, set by ``choices``):
 context messages (text and, unless ``context="text"``, images as input-side images),

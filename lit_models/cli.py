@@ -59,7 +59,7 @@ COMMANDS: dict[str, Command] = {
                            cli="LanguageModelCLI"),
     "pretrain-vision": Command("lit_models.vision_alignment", "pretrain-vision fit -c configs/tiny_vision.yaml",
                                "the tiny image reader stand-in: tower + projection (demo)", "VisionAlignmentModule"),
-    "data": Command("data_modules.convert.cli", "data cc3m|vist|mmdialog|synthetic|encode-latents ...",
+    "data": Command("data_modules.convert.cli", "data cc3m|vist|mmdialog|mmc4|jsonl|synthetic|encode-latents ...",
                     "shard converters"),
     "generate": Command("lit_models.generate_cli", 'generate --ckpt last.ckpt --prompt "..." --out DIR',
                         "an interleaved story (HTML, PNGs, JSON)"),

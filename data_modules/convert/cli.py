@@ -7,7 +7,9 @@ import logging
 import sys
 
 from data_modules.convert.cc3m import convert_cc3m
+from data_modules.convert.interleaved_jsonl import LAYOUTS, convert_jsonl
 from data_modules.convert.latents import encode_latents, model_config
+from data_modules.convert.mmc4 import MAX_IMAGES, MIN_SIM, convert_mmc4
 from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.synthetic import write_synthetic
@@ -35,6 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     mmdialog.add_argument("--images", required=True, help="folder holding <media id>.jpg")
     mmdialog.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
     mmdialog.add_argument("--shard-size", type=int, default=1000, help="dialogues per shard")
+
+    mmc4 = commands.add_parser("mmc4", help="MMC4 documents (json lines) + images -> shards, one story per document")
+    mmc4.add_argument("--documents", required=True, nargs="+", metavar="JSONL",
+                      help="MMC4 document file(s): {url, text_list, image_info: [{image_name, matched_text_index, "
+                           "matched_sim}]} per line")
+    mmc4.add_argument("--images", required=True, help="folder holding the images by image_name")
+    mmc4.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
+    mmc4.add_argument("--min-sim", type=float, default=MIN_SIM,
+                      help="leave out images whose matched_sim is lower (default %(default)s, as OpenFlamingo)")
+    mmc4.add_argument("--max-images", type=int, default=MAX_IMAGES,
+                      help="images (story steps) per document at most, the first in document order "
+                           "(default %(default)s, as OpenFlamingo)")
+    mmc4.add_argument("--shard-size", type=int, default=1000, help="documents per shard")
+
+    jsonl = commands.add_parser("jsonl", help="your own interleaved data (json lines: {id, turns: [{text, images}]}) "
+                                "-> shards, one story or dialogue per line")
+    jsonl.add_argument("--documents", required=True, metavar="JSONL",
+                       help='one object a line: {"id", "turns": [{"text", "images": [paths], "speaker"?}], '
+                            '"layout"?: "story"|"dialogue"} (the schema: README, '
+                            'data_modules/convert/interleaved_jsonl.py)')
+    jsonl.add_argument("--images", help="folder relative image paths are read from (default: the jsonl's folder)")
+    jsonl.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
+    jsonl.add_argument("--layout", choices=LAYOUTS, default="story",
+                       help="layout of the lines that name none: story (a text then one image per step) or "
+                            "dialogue (turns alternating user, assistant) (default %(default)s)")
+    jsonl.add_argument("--shard-size", type=int, default=1000, help="documents per shard")
 
     synthetic = commands.add_parser("synthetic", help="coloured shapes captioned 'a <colour> <shape>'")
     synthetic.add_argument("--out", required=True, help="output folder for train-/val-%%06d.tar shards")
@@ -87,6 +115,12 @@ def main(argv: list[str]) -> int:
                                  device=args.device, captions=args.captions))
         elif args.command == "mmdialog":
             print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
+        elif args.command == "mmc4":
+            print(convert_mmc4(args.documents, args.images, args.out, min_sim=args.min_sim,
+                               max_images=args.max_images, shard_size=args.shard_size))
+        elif args.command == "jsonl":
+            print(convert_jsonl(args.documents, args.out, images=args.images, layout=args.layout,
+                                shard_size=args.shard_size))
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,

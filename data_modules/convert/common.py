@@ -69,6 +69,16 @@ class SequenceSummary:
         self.skipped[reason] += 1
         log.warning("%s: skipped: %s", where, message)
 
+    def wrote(self, parts: int, images: int) -> None:
+        """Count one written sequence of ``parts`` parts and ``images`` images."""
+        self.written += 1
+        self.parts += parts
+        self.images += images
+
+    def more_counts(self) -> str:
+        """A subclass's own counts for the printed summary, each ending in "; " (none here)."""
+        return ""
+
     def __str__(self) -> str:
         skipped = sum(self.skipped.values())
         reasons = f" ({_counts(self.skipped)})" if skipped else ""
@@ -76,7 +86,7 @@ class SequenceSummary:
         return (
             f"{self.unit} {self.read}: written {self.written}, skipped {skipped}{reasons}; "
             f"{self.parts} {self.part} and {self.images} images written; problems: {problems}; "
-            f"{len(self.shards)} shards: {self.spec or '(none)'}"
+            f"{self.more_counts()}{len(self.shards)} shards: {self.spec or '(none)'}"
         )
 
 

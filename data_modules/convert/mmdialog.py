@@ -34,25 +34,18 @@ Skipped dialogues are counted by reason in :attr:`MMDialogSummary.skipped`.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, Union
+from typing import Any, ClassVar, Iterator, Union
 
-from data_modules.convert.common import (
-    SequenceSummary,
-    check_shard_size,
-    read_image,
-    safe_key,
-    text_lines,
-    write_summary_shards,
-)
+from data_modules.convert.common import SequenceSummary, check_shard_size, safe_key, write_summary_shards
+from data_modules.convert.json_lines import SampleKeys, json_records, labelled_by
+from data_modules.convert.sequence_records import ImageMembers, dialogue_turn, long_enough
 
 log = logging.getLogger(__name__)
 
 TEXT, MEDIA = "__TEXT__", "__MEDIA__"
-MIN_TURNS = 2
 
 
 @dataclass
@@ -92,71 +85,30 @@ def _parse(record: Any) -> tuple[Any, list[Turn]]:
     return cid, turns
 
 
-def _samples(
-    lines: Iterator[tuple[int, Optional[str]]], path: Path, images: Path, summary: MMDialogSummary
-) -> Iterator[dict[str, Any]]:
+def _samples(path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dict[str, Any]]:
     """wds samples of the usable dialogues; counts and logs the problems, dropped parts and skipped dialogues."""
-    owners: dict[str, int] = {}  # sample key -> line that took it
-    for lineno, line in lines:
-        if line is not None and not line.strip():
-            continue  # blank line: no record
-        summary.read += 1
-        where = f"{path}:{lineno}"
-        if line is None:
-            summary.problem(log, "bad_text", where, "not UTF-8 text")
-            summary.skip(log, "bad_text", where, "line not UTF-8 text")
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            summary.problem(log, "bad_json", where, f"not valid JSON: {err}")
-            summary.skip(log, "bad_json", where, "line not valid JSON")
-            continue
-        try:
-            cid, raw_turns = _parse(record)
-        except ValueError as err:
-            if isinstance(record, dict) and "conversation_id" in record:
-                where = f"{where}: conversation {record['conversation_id']!r}"
-            summary.problem(log, "missing_key", where, str(err))
-            summary.skip(log, "missing_key", where, "missing or malformed keys")
-            continue
-        where = f"{path}:{lineno}: conversation {cid!r}"
+    keys = SampleKeys(summary, log, "duplicate_id", "id")
+    label = labelled_by("conversation_id", "conversation")
+    for lineno, where, (cid, raw_turns) in json_records(path, summary, log, _parse, "missing_key", label):
         key = safe_key(cid)
-        if key in owners:
-            summary.problem(log, "duplicate_id", where, f"key {key!r} already taken by line {owners[key]}")
-            summary.skip(log, "duplicate_id", where, "its id repeats an earlier dialogue's")
+        if not keys.free(key, where):
             continue
-        owners[key] = lineno
-
-        members: dict[str, bytes] = {}  # "0.jpg", "1.jpg", ... across the dialogue
+        keys.take(key, f"line {lineno}")
+        members = ImageMembers()
         turns = []
         for t, items in enumerate(raw_turns):
+            media = [
+                members.add(images / f"{value}.jpg", summary, log, f"{where} turn {t} media {value!r}",
+                            "dropped from its turn")
+                for kind, value in items if kind == MEDIA
+            ]
             texts = [value.strip() for kind, value in items if kind == TEXT]
-            media: list[Optional[str]] = []  # per media item: its member name, None if unusable
-            for kind, value in items:
-                if kind != MEDIA:
-                    continue
-                image = read_image(
-                    images / f"{value}.jpg", summary, log, f"{where} turn {t} media {value!r}", "dropped from its turn"
-                )
-                name = None
-                if isinstance(image, bytes):
-                    name = f"{len(members)}.jpg"
-                    members[name] = image
-                media.append(name)
-            text, names = " ".join(x for x in texts if x), [name for name in media if name is not None]
-            if not text and not names:
-                summary.problem(log, "empty_turn", f"{where} turn {t}", "no text and no usable image; turn dropped")
-                continue
-            turns.append({"text": text, "images": names, "texts": texts, "media": media, "index": t})
-        if len(turns) < MIN_TURNS:
-            summary.problem(log, "too_short", where, f"{len(turns)} usable turns, want at least {MIN_TURNS}")
-            summary.skip(log, "too_short", where, "too few turns")
-            continue
-        yield {"__key__": key, "json": {"conversation_id": cid, "turns": turns}, **members}
-        summary.written += 1
-        summary.parts += len(turns)
-        summary.images += len(members)
+            turn = dialogue_turn(texts, media, t, summary, log, f"{where} turn {t}")
+            if turn is not None:
+                turns.append(turn)
+        if long_enough(turns, "turns", summary, log, where):
+            yield {"__key__": key, "json": {"conversation_id": cid, "turns": turns}, **members}
+            summary.wrote(len(turns), len(members))
 
 
 def convert_mmdialog(
@@ -170,5 +122,4 @@ def convert_mmdialog(
     if not images.is_dir():
         raise FileNotFoundError(f"MMDialog images folder not found: {images}")
     summary = MMDialogSummary()
-    return write_summary_shards(Path(out), _samples(text_lines(dialogues), dialogues, images, summary), shard_size,
-                                summary)
+    return write_summary_shards(Path(out), _samples(dialogues, images, summary), shard_size, summary)

@@ -8,22 +8,12 @@ import logging
 from pathlib import Path
 
 import pytest
-import webdataset as wds
 from PIL import Image
+from converter_checks import read_shards, write_image
 
 from data_modules.convert.cli import main
 from data_modules.convert.common import safe_key
 from data_modules.convert.vist import convert_vist
-
-def read_shards(spec: str, decode: bool = False) -> list[dict]:
-    dataset = wds.WebDataset(spec, shardshuffle=False, empty_check=False)
-    return list(dataset.decode("pil") if decode else dataset)
-
-
-def write_image(path: Path, colour: str, fmt: str = "JPEG") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (12, 10), colour).save(path, format=fmt)
-
 
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, indent=2))
