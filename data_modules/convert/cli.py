@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "-> shards, one story or dialogue per line")
     jsonl.add_argument("--documents", required=True, metavar="JSONL",
                        help='one object a line: {"id", "turns": [{"text", "images": [paths], "speaker"?}], '
-                            '"layout"?: "story"|"dialogue"} (the schema: README, '
+                            '"layout"?: "story"|"dialogue"} (the schema: docs/data.md, '
                             'data_modules/convert/interleaved_jsonl.py)')
     jsonl.add_argument("--images", help="folder relative image paths are read from (default: the jsonl's folder)")
     jsonl.add_argument("--out", required=True, help="output folder for %%06d.tar shards")
