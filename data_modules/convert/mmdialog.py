@@ -38,7 +38,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, Union
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Union
 
 from data_modules.convert.common import (
     SequenceSummary,
@@ -48,6 +48,7 @@ from data_modules.convert.common import (
     text_lines,
     write_summary_shards,
 )
+from minigpt5.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def _parse(record: Any) -> tuple[Any, list[Turn]]:
 
 
 def _samples(
-    lines: Iterator[tuple[int, Optional[str]]], path: Path, images: Path, summary: MMDialogSummary
+    lines: Iterable[tuple[int, Optional[str]]], path: Path, images: Path, summary: MMDialogSummary
 ) -> Iterator[dict[str, Any]]:
     """wds samples of the usable dialogues; counts and logs the problems, dropped parts and skipped dialogues."""
     owners: dict[str, int] = {}  # sample key -> line that took it
@@ -160,9 +161,11 @@ def _samples(
 
 
 def convert_mmdialog(
-    dialogues: Union[str, Path], images: Union[str, Path], out: Union[str, Path], shard_size: int = 1000
+    dialogues: Union[str, Path], images: Union[str, Path], out: Union[str, Path], shard_size: int = 1000,
+    progress: bool = True,
 ) -> MMDialogSummary:
-    """Write ``out/%06d.tar`` shards (``shard_size`` dialogues each) from ``dialogues``; see the module doc."""
+    """Write ``out/%06d.tar`` shards (``shard_size`` dialogues each) from ``dialogues``; see the module doc.
+    ``progress``: a bar of the lines read."""
     dialogues, images = Path(dialogues), Path(images)
     check_shard_size(shard_size)
     if not dialogues.is_file():
@@ -170,5 +173,5 @@ def convert_mmdialog(
     if not images.is_dir():
         raise FileNotFoundError(f"MMDialog images folder not found: {images}")
     summary = MMDialogSummary()
-    return write_summary_shards(Path(out), _samples(text_lines(dialogues), dialogues, images, summary), shard_size,
-                                summary)
+    lines = progress_bar(text_lines(dialogues), desc=f"mmdialog {dialogues.name}", unit="line", enabled=progress)
+    return write_summary_shards(Path(out), _samples(lines, dialogues, images, summary), shard_size, summary)
