@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from terminal import Terminal
 
 from data_modules.convert.cli import build_parser as data_parser
 from data_modules.synthetic import write_synthetic
@@ -17,13 +18,6 @@ from lit_models.lightning_cli import fit_config, progress_bar_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = {"plan", "export", "import-official"}  # done in seconds: no bar
-
-
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal, as an interactive stderr (or stdout) does."""
-
-    def isatty(self) -> bool:
-        return True
 
 
 def help_text(argv: list[str], capsys) -> str:

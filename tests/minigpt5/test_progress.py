@@ -6,14 +6,9 @@ import argparse
 import io
 import sys
 
+from terminal import Terminal
+
 from minigpt5.progress import add_progress_flag, progress_bar, shows_progress
-
-
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal, as an interactive stderr does."""
-
-    def isatty(self) -> bool:
-        return True
 
 
 def test_on_a_terminal_the_bar_shows_count_total_and_rate(monkeypatch):
