@@ -208,8 +208,8 @@ def write_synthetic(
             samples = synthetic_stories(count, size, seed + offset, split)
         else:
             samples = synthetic_dialogues(count, size, seed + offset, split)
-        bar = f"synthetic {layout} {split}"
-        paths = write_shards(pattern, progress_bar(samples, desc=bar, unit="sample", total=count, enabled=progress),
+        desc = f"synthetic {layout} {split}"
+        paths = write_shards(pattern, progress_bar(samples, desc=desc, unit="sample", total=count, enabled=progress),
                              shard_size) if count else []
         specs.append(brace_spec(pattern, len(paths)) if paths else None)
     return SyntheticShards(train=specs[0], val=specs[1], hard=specs[2])
