@@ -79,8 +79,8 @@ def _samples(
 
 
 def convert_cc3m(
-    tsv: Union[str, Path], out: Union[str, Path], image_root: Optional[Union[str, Path]] = None, shard_size: int = 10000,
-    progress: bool = True,
+    tsv: Union[str, Path], out: Union[str, Path], image_root: Optional[Union[str, Path]] = None,
+    shard_size: int = 10000, progress: bool = True,
 ) -> ConversionSummary:
     """Write ``out/%06d.tar`` shards from ``tsv``; images are relative to ``image_root`` (default: the tsv's folder).
 

@@ -96,8 +96,8 @@ def main(argv: list[str]) -> int:
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,
-                shard_size=args.shard_size, hard_num=args.hard_num,
-                layout="stories" if args.stories else "dialogues" if args.dialogues else "pairs", progress=args.progress,
+                shard_size=args.shard_size, hard_num=args.hard_num, progress=args.progress,
+                layout="stories" if args.stories else "dialogues" if args.dialogues else "pairs",
             )
             print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}"
                   + (f"\nhard shards: {shards.hard}" if shards.hard else ""))

@@ -94,7 +94,8 @@ def test_lightning_commands_map_the_rule_onto_the_trainer(monkeypatch):
     assert not progress_bar_setting(None, True) and progress_bar_setting(True, True)  # an explicit setting stays
     base = ["-c", str(ROOT / "configs/uas.yaml"), "-c", str(ROOT / "configs/model/tiny.yaml")]
     assert fit_config([*base, "--no-progress"]).trainer.enable_progress_bar is False
-    assert fit_config([*base, "--no-progress", "--trainer.enable_progress_bar=true"]).trainer.enable_progress_bar is False
+    forced = fit_config([*base, "--no-progress", "--trainer.enable_progress_bar=true"])
+    assert forced.trainer.enable_progress_bar is False
     assert fit_config([*base, "--trainer.enable_progress_bar=true"]).trainer.enable_progress_bar is True
     assert fit_config(base).trainer.enable_progress_bar is False  # unset, and stdout is not a terminal
 
