@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from data_modules.world import COLOURS, SHAPES, Split, WorldTurn, dialogue_in, stories_in, story_turns
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
+from minigpt5.progress import progress_bar
 
 WHITE = (255, 255, 255)
 
@@ -177,7 +178,7 @@ class SyntheticShards:
 
 def write_synthetic(
     out: Union[str, Path], num: int = 2000, val_num: int = 200, size: int = 64, seed: int = 0, shard_size: int = 500,
-    layout: str = "pairs", hard_num: int = 0,
+    layout: str = "pairs", hard_num: int = 0, progress: bool = True,
 ) -> SyntheticShards:
     """Write ``train-%06d.tar``, ``val-%06d.tar`` and (stories, dialogues) ``hard-%06d.tar``
     shards into ``out``; deterministic given ``seed``.
@@ -185,6 +186,7 @@ def write_synthetic(
     ``layout``: "pairs" (CC3M layout), "stories" (3-step shape stories, VIST layout) or
     "dialogues" (MMDialog layout). For stories and dialogues the splits are the world's
     (:mod:`data_modules.world`): nothing in ``val`` or ``hard`` occurs in ``train``.
+    ``progress``: a bar of the samples made, per split.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
@@ -206,7 +208,9 @@ def write_synthetic(
             samples = synthetic_stories(count, size, seed + offset, split)
         else:
             samples = synthetic_dialogues(count, size, seed + offset, split)
-        paths = write_shards(pattern, samples, shard_size) if count else []
+        desc = f"synthetic {layout} {split}"
+        paths = write_shards(pattern, progress_bar(samples, desc=desc, unit="sample", total=count, enabled=progress),
+                             shard_size) if count else []
         specs.append(brace_spec(pattern, len(paths)) if paths else None)
     return SyntheticShards(train=specs[0], val=specs[1], hard=specs[2])
 

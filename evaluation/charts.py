@@ -3,6 +3,7 @@ lines (a score against a setting, one line per series)."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from PIL import Image, ImageDraw
@@ -44,31 +45,39 @@ def _legend(draw: ImageDraw.ImageDraw, names: list[str], left: int, top: int) ->
         draw.text((x + 14, y - 1), name[:45], fill="black")
 
 
-def _y_axis(draw: ImageDraw.ImageDraw, left: int, right: int, top: int, bottom: int) -> None:
-    for tick in range(0, 11, 2):  # 0 .. 1
+def _y_axis(
+    draw: ImageDraw.ImageDraw, left: int, right: int, top: int, bottom: int, y_range: tuple[float, float] = (0.0, 1.0)
+) -> None:
+    low, high = y_range
+    digits = max(0, -math.floor(math.log10((high - low) / 5)))  # enough to tell neighbouring ticks apart
+    for tick in range(0, 11, 2):  # six ticks, low .. high
         y = bottom - (bottom - top) * tick / 10
         draw.line((left - 4, y, right, y), fill=(225, 225, 225))
-        draw.text((8, y - 6), f"{tick / 10:.1f}", fill="black")
+        draw.text((4, y - 6), f"{low + (high - low) * tick / 10:.{digits}f}", fill="black")
 
 
 def line_chart(
     title: str, x_label: str, xs: list[float], series: dict[str, list[Optional[float]]],
-    width: int = 900, height: int = 420,
+    width: int = 900, height: int = 420, y_range: tuple[float, float] = (0.0, 1.0),
 ) -> Image.Image:
-    """Lines of values in [0, 1] against ``xs`` (ticks at each x, spaced by value): one line and
-    marker set per entry of ``series``; a missing value (None) breaks its line there."""
+    """Lines of values in ``y_range`` (default [0, 1]; values outside sit at its edge) against ``xs``
+    (ticks at each x, spaced by value): one line and marker set per entry of ``series``; a missing
+    value (None) breaks its line there."""
     if not xs or any(len(v) != len(xs) for v in series.values()):
         raise ValueError(f"line_chart: every series needs one value per x ({len(xs)})")
+    if not y_range[0] < y_range[1]:
+        raise ValueError(f"line_chart: y_range needs low < high, got {y_range}")
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 50, width - 20, 30, height - 90
     draw.text((left, 8), title, fill="black")
-    _y_axis(draw, left, right, top, bottom)
+    _y_axis(draw, left, right, top, bottom, y_range)
     low, high = min(xs), max(xs)
 
     def at(x: float, value: float) -> tuple[float, float]:
         fx = (x - low) / (high - low) if high > low else 0.5
-        return left + fx * (right - left), bottom - (bottom - top) * max(0.0, min(1.0, value))
+        fy = (value - y_range[0]) / (y_range[1] - y_range[0])
+        return left + fx * (right - left), bottom - (bottom - top) * max(0.0, min(1.0, fy))
 
     for x in xs:
         draw.text((at(x, 0)[0] - 6, bottom + 4), f"{x:g}", fill="black")

@@ -47,7 +47,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 from evaluation.extractors import Extractors
 from evaluation.image_metrics import (
@@ -63,6 +62,7 @@ from evaluation.items import WORLD_PROTOCOLS, EvalItem
 from evaluation.text_metrics import BLEU_TOKENS, BleuTokens, sbert_similarity, scoring_text, text_scores
 from evaluation.world_scores import WorldScores, fraction, score_turn
 from minigpt5.images import pad_to_white_square, to_target_tensor
+from minigpt5.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def run_protocol(
         scores = ImageScores(extractors, resolution, reference_all=protocol == "cc3m", pad_reference=protocol != "cc3m")
     examples = []
     count = drawn = 0
-    for item in tqdm(items, desc=f"{system.name} on {protocol}", total=total, disable=not progress, unit="item"):
+    for item in progress_bar(items, desc=f"{system.name} on {protocol}", unit="item", total=total, enabled=progress):
         if world:
             text, images = system.respond(item)
             scores.add(score_turn(item.rules, [t for t, _ in item.context], text, images))

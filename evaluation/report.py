@@ -102,11 +102,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The results as markdown: what was run, then one table row per result row."""
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics of ``rows`` that make table columns (no ``*_std``, no nested records), in table order."""
     keys = {k for row in rows for k, v in row["metrics"].items()
             if not k.endswith("_std") and (not isinstance(v, dict) or is_fraction(v))}
-    columns = [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
+    return [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
+
+
+def markdown_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The results as markdown: what was run, then one table row per result row."""
+    columns = metric_columns(rows)
     lines = [f"# {header['protocol']} evaluation", ""]
     for name, value in header.items():
         if name != "protocol":

@@ -4,16 +4,17 @@
   minigpt5 eval --ckpt outputs/mls/checkpoints/last.ckpt --protocol vist --targets last --context text \\
       --shards 'data/vist/test/{000000..000005}.tar' --systems minigpt5 sd2 --guidance-scale 1 3 7.5
 
-Writes ``results.md`` and ``results.json`` (metrics, settings, checkpoint path and hash)
-and ``samples_*.png`` (ground truth above generated) to ``--out``. Unset decoding flags
-take the protocol's preset (:mod:`minigpt5.decoding`): for cc3m, vist and mmdialog the
-official code's (guidance 7.5, 50 diffusion steps, temperature 1.0, top-p 0.9, repetition
-penalty 2.0 over the generated tokens, 1 to 256 new tokens), for the synthetic world's
-greedy without a penalty; the diffusion sampler is the model config's (``guidance.sampler``),
-seed 42. The protocol follows the official one by default: free drawing (``--draw free``:
-the model decides whether to draw, the image metrics are over the items it drew for, and
-``drawn`` gives their share), VIST steps in the official prompt, the official CLIP-F1;
-BLEU over words (``--bleu chars`` for the official code's). ``--guidance-scale`` takes
+Writes ``results.md`` and ``results.json`` (metrics, settings, checkpoint path and hash) and
+``samples_*.png`` (ground truth above generated) to ``--out``; a sweep of several guidance
+scales also ``guidance_sweep.png`` (each metric against the scale, one line per system, shown in
+``results.md``). Unset decoding flags take the protocol's preset (:mod:`minigpt5.decoding`): for
+cc3m, vist and mmdialog the official code's (guidance 7.5, 50 diffusion steps, temperature 1.0,
+top-p 0.9, repetition penalty 2.0 over the generated tokens, 1 to 256 new tokens), for the
+synthetic world's greedy without a penalty; the diffusion sampler is the model config's
+(``guidance.sampler``), seed 42. The protocol follows the official one by default: free drawing
+(``--draw free``: the model decides whether to draw, the image metrics are over the items it
+drew for, and ``drawn`` gives their share), VIST steps in the official prompt, the official
+CLIP-F1; BLEU over words (``--bleu chars`` for the official code's). ``--guidance-scale`` takes
 several values to sweep (1 means no guidance); each gives one row per system.
 """
 
@@ -37,6 +38,7 @@ from evaluation.protocols import (
     CLIP_F1_DEFINITIONS, DRAW_MODES, DRAW_PROTOCOLS, ProtocolOptions, Run, comparison_grid, run_protocol,
 )
 from evaluation.report import checkpoint_identity, quoted_rows, write_results
+from evaluation.sweep_chart import write_sweep_plot
 from evaluation.systems import VIST_PROMPTS, MiniGPT5System, StableDiffusionBaseline, WriteThenDraw, target_prompt
 from evaluation.text_metrics import BLEU_TOKENS
 from evaluation.world_scores import world_summary
@@ -46,6 +48,7 @@ from minigpt5.decoding import resolve_decoding
 from minigpt5.generate import GenerationConfig
 from minigpt5.images import to_pil_images
 from minigpt5.loading import WeightsNotFoundError
+from minigpt5.progress import add_progress_flag
 
 SYSTEMS = ("minigpt5", "sd2", "llm-then-sd")
 QUOTED = Path(__file__).resolve().parents[1] / "configs" / "eval" / "quoted.yaml"  # found from any working directory
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--examples", type=int, default=8,
                         help="examples kept for samples_*.png (and, synthetic protocols, examples_*.html)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_flag(parser)
     return parser
 
 
@@ -172,7 +175,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
             counter = SampleCounter()
             items = read_items(args.shards, args.protocol, args.targets, args.max_items, counter, args.speakers)
             run = run_protocol(system, items, args.protocol, extractors, resolution, options=options,
-                               keep_examples=args.examples, progress=not args.no_progress, total=args.max_items)
+                               keep_examples=args.examples, progress=args.progress, total=args.max_items)
             stem = f"{name}_g{system.settings['guidance_scale']:g}"
             sample_path = save_samples(run, out / f"samples_{stem}.png", resolution)
             if args.protocol in WORLD_PROTOCOLS:
@@ -186,6 +189,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
                          "examples": [{"group": item.group, "step": item.step, "reference": item.text, "response": text,
                                        "images": len(images)} for item, images, text in run.examples
                                       if options.draw == "free"]})
+    plot = write_sweep_plot(out, rows)
     rows += quoted
     header = {
         "protocol": args.protocol,
@@ -199,6 +203,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
         else "tiny (random networks: these numbers only check the pipeline)",
         "clip": extractors.clip_name,
         **({"chance": rows[0]["metrics"]["chance"]} if args.protocol in WORLD_PROTOCOLS and rows else {}),
+        **({"guidance_sweep": f"![each metric against guidance scale]({plot.name})"} if plot else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return write_results(out, header, rows)

@@ -22,6 +22,7 @@ from lit_models.pages import write_outputs
 from minigpt5.config import SAMPLER_NAMES
 from minigpt5.decoding import PRESETS, resolve_decoding
 from minigpt5.generate import GenerationConfig, check_image_markers, generate
+from minigpt5.progress import add_progress_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix for every token")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_progress_flag(parser)
     return parser
 
 
@@ -98,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         check_image_markers(args.prompt, len(args.image))  # before the model is built
         images = load_images(args.image)
         model = load_model(args).to(args.device)
-        result = generate(model, args.prompt, images, cfg)
+        result = generate(model, args.prompt, images, cfg, progress=args.progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"minigpt5 generate: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 import typing
 import warnings
 from typing import Any, Optional
@@ -20,6 +21,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
+from minigpt5.progress import NO_PROGRESS, NO_PROGRESS_HELP, shows_progress
 
 # Warnings that are expected by design here, each silenced with its reason:
 _EXPECTED_WARNINGS = (
@@ -64,8 +66,22 @@ def silence_expected_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def progress_bar_setting(configured: Optional[bool], enabled: bool) -> bool:
+    """``trainer.enable_progress_bar`` under the rule of every long command (:mod:`minigpt5.progress`):
+    off under ``--no-progress``; when the configs leave it unset, on only when stdout, where
+    Lightning's bar writes, is a terminal (a log file gets no bar lines)."""
+    if not enabled:
+        return False
+    return shows_progress(stream=sys.stdout) if configured is None else configured
+
+
 class MiniGPT5CLI(LightningCLI):
-    """LightningCLI with the model config shared with the data module (tokenizers, sizes)."""
+    """LightningCLI with the model config shared with the data module (tokenizers, sizes) and
+    ``--no-progress``, as every long command has."""
+
+    def add_default_arguments_to_parser(self, parser) -> None:
+        super().add_default_arguments_to_parser(parser)
+        parser.add_argument(NO_PROGRESS, action="store_true", help=NO_PROGRESS_HELP)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.config", "data.init_args.model_config")
@@ -75,6 +91,8 @@ class MiniGPT5CLI(LightningCLI):
         # (--trainer.default_root_dir) moves checkpoints, events and samples together.
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.plugins = with_atomic_checkpoints(config.trainer.plugins)
+        config.trainer.enable_progress_bar = progress_bar_setting(config.trainer.enable_progress_bar,
+                                                                  not config.no_progress)
         logger = config.trainer.logger
         if getattr(logger, "class_path", "").endswith("TensorBoardLogger") and not logger.init_args.save_dir:
             logger.init_args.save_dir = config.trainer.default_root_dir or "."

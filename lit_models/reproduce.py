@@ -37,11 +37,11 @@ from typing import Any, Optional
 
 from evaluation.charts import bar_chart
 from evaluation.report import is_fraction, metric_value
+from minigpt5.progress import NO_PROGRESS, add_progress_flag
 
 STAGE1 = ["-c", "configs/uas.yaml", "-c", "configs/model/tiny.yaml", "-c", "configs/demo.yaml"]
 STAGE2 = ["-c", "configs/uas.yaml", "-c", "configs/mls.yaml", "-c", "configs/mls_vist.yaml",
           "-c", "configs/model/tiny.yaml", "-c", "configs/demo_mls.yaml"]
-QUIET = ["--trainer.enable_progress_bar=false"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run_fit(args: list[str], root: Path) -> Path:
     """``minigpt5 fit`` in its own process into ``root``, unless its last checkpoint exists -> that checkpoint."""
     ckpt = root / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        command = [sys.executable, "-m", "lit_models.cli", "fit", *args, f"--trainer.default_root_dir={root}", *QUIET]
+        command = [sys.executable, "-m", "lit_models.cli", "fit", *args, f"--trainer.default_root_dir={root}"]
         print("$ minigpt5 " + " ".join(command[3:]), flush=True)
         subprocess.run(command, check=True)
     return ckpt
@@ -120,7 +120,7 @@ def run_eval(ckpt: Path, protocol: str, shards: str, out: Path, budget: Budget, 
     """``minigpt5 eval`` in this process -> its result rows."""
     from lit_models.eval_cli import build_parser, evaluate
 
-    argv = ["--ckpt", str(ckpt), "--protocol", protocol, "--shards", shards, "--out", str(out), "--no-progress",
+    argv = ["--ckpt", str(ckpt), "--protocol", protocol, "--shards", shards, "--out", str(out),
             "--examples", "24", *extra]
     if budget.items is not None:
         argv += ["--max-items", str(budget.items)]
@@ -167,11 +167,13 @@ def scores(rows: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Any]:
     return {(split, key): metrics.get(key) for split, metrics in rows.items() for key in metrics}
 
 
-def reproduce(assets: Assets, out: Path, budget: Budget) -> Path:
-    """Train and score every variant; write the tables -> the path of results.md."""
+def reproduce(assets: Assets, out: Path, budget: Budget, progress: bool = True) -> Path:
+    """Train and score every variant; write the tables -> the path of results.md. ``progress``:
+    each training run's and evaluation's bar (where the output is a terminal)."""
     runs, evals = out / "runs", out / "evals"
-    first = [*STAGE1, *assets.flags(1), f"--trainer.max_steps={budget.stage1_steps}"]
-    second = [*STAGE2, *assets.flags(2), f"--trainer.max_steps={budget.stage2_steps}"]
+    quiet = [] if progress else [NO_PROGRESS]  # for fit and eval alike
+    first = [*STAGE1, *assets.flags(1), f"--trainer.max_steps={budget.stage1_steps}", *quiet]
+    second = [*STAGE2, *assets.flags(2), f"--trainer.max_steps={budget.stage2_steps}", *quiet]
     stage1 = {"uas": run_fit(first, runs / "uas"),
               "uas-nocap": run_fit([*first, "--model.config.loss.cap_weight=0"], runs / "uas-nocap")}
     val = {"stories": ("synthetic-vist", assets.spec("stories", "val")),
@@ -181,7 +183,7 @@ def reproduce(assets: Assets, out: Path, budget: Budget) -> Path:
 
     def evaluate_on(ckpt: Path, tag: str, splits: dict[str, tuple[str, str]], *extra: str) -> list[dict[str, Any]]:
         """Per system row (in order): {"stories": metrics, "dialogues": metrics}."""
-        per_split = {name: run_eval(ckpt, protocol, shards, evals / tag / name, budget, *extra)
+        per_split = {name: run_eval(ckpt, protocol, shards, evals / tag / name, budget, *quiet, *extra)
                      for name, (protocol, shards) in splits.items()}
         count = len(next(iter(per_split.values())))
         return [{name: rows[i]["metrics"] for name, rows in per_split.items()} for i in range(count)]
@@ -295,9 +297,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--assets", default="outputs/demo", help="the demo's outputs: shards, tiny_sd, tiny_lm, tiny_vision")
     parser.add_argument("--out", default="outputs/reproduce")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    add_progress_flag(parser)
     args = parser.parse_args(argv)
     try:
-        md = reproduce(Assets(Path(args.assets)), Path(args.out), BUDGETS[args.budget])
+        md = reproduce(Assets(Path(args.assets)), Path(args.out), BUDGETS[args.budget], progress=args.progress)
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"minigpt5 reproduce: error: {err}", file=sys.stderr)
         return 2

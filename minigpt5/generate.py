@@ -31,6 +31,7 @@ from PIL import Image
 
 from minigpt5.config import SAMPLER_NAMES
 from minigpt5.images import to_pil_images, to_target_tensor
+from minigpt5.progress import progress_bar
 from minigpt5.sequences import Turn
 from minigpt5.templates import Conversation, EndMarker
 from minigpt5.vision import normalise_for_tower
@@ -278,11 +279,14 @@ def generate(
     prompt: str,
     images: Optional[list[Image.Image]] = None,
     cfg: Optional[GenerationConfig] = None,
+    *,
+    progress: bool = False,
 ) -> GenerationResult:
-    """Write a story of text and images after ``prompt``; ``<image>`` markers take ``images``."""
+    """Write a story of text and images after ``prompt``; ``<image>`` markers take ``images``.
+    ``progress``: a bar of the tokens written and the images drawn (:mod:`minigpt5.progress`)."""
     images = list(images or [])
     prompt_ids, prompt_pixels = encode_prompt(model, prompt, images)
-    return generate_from_ids(model, prompt_ids, prompt_pixels, cfg, prompt=prompt, images=images)
+    return generate_from_ids(model, prompt_ids, prompt_pixels, cfg, prompt=prompt, images=images, progress=progress)
 
 
 @torch.no_grad()
@@ -294,6 +298,7 @@ def generate_from_ids(
     *,
     prompt: str = "",
     images: Optional[list[Image.Image]] = None,
+    progress: bool = False,
 ) -> GenerationResult:
     """:func:`generate` from an encoded prompt: ids (``<s>`` first, ``<ImageHere>`` runs for
     images) and the tower-normalised pixels (M, 3, S, S) of those runs, e.g. a stage-2
@@ -313,6 +318,7 @@ def generate_from_ids(
     generator = torch.Generator(device=reader.device).manual_seed(cfg.seed)
     was_training = model.training
     model.eval()
+    bar = progress_bar(desc="generate", unit="token", total=cfg.max_new_tokens, enabled=progress)
     try:
         logits, hidden = reader.feed(prompt_ids, prompt_pixels)
         written: list[int] = []
@@ -335,6 +341,7 @@ def generate_from_ids(
             return choose_token(logits, cfg, banned=banned, seen=seen, generator=generator)
 
         while len(written) < cfg.max_new_tokens:
+            bar.update(len(written) - bar.n)
             token = pick(logits)
 
             if token == vokens[0]:
@@ -349,6 +356,7 @@ def generate_from_ids(
                     sampler=settings["sampler"],
                 )  # (1, 3, H, W) in [-1, 1]
                 drawn += to_pil_images(image)
+                bar.set_postfix(images=len(drawn), refresh=False)
                 if model.vision is not None and len(written) < cfg.max_new_tokens:
                     # Training ends a target turn with the end marker right after its voken block, so
                     # whether the turn ends is read here, from the state after [IMG{n-1}], as it was taught.
@@ -374,7 +382,9 @@ def generate_from_ids(
                 unread = [token]  # the budget is spent: nothing will read it
                 break
             logits, hidden = reader.feed([token])
+        bar.update(len(written) - bar.n)
     finally:
+        bar.close()
         model.train(was_training)
 
     return GenerationResult(

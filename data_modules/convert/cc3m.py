@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 from data_modules.convert.common import jpeg_bytes, text_lines
 from data_modules.writer import SHARD_NUMBER, brace_spec, write_shards
+from minigpt5.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ConversionSummary:
 
 
 def _samples(
-    lines: Iterator[tuple[int, Optional[str]]], tsv: Path, image_root: Path, summary: ConversionSummary
+    lines: Iterable[tuple[int, Optional[str]]], tsv: Path, image_root: Path, summary: ConversionSummary
 ) -> Iterator[dict[str, Any]]:
     """wds samples of the good data rows (``lines`` after the header); counts and logs the others."""
     for lineno, line in lines:
@@ -78,12 +79,14 @@ def _samples(
 
 
 def convert_cc3m(
-    tsv: Union[str, Path], out: Union[str, Path], image_root: Optional[Union[str, Path]] = None, shard_size: int = 10000
+    tsv: Union[str, Path], out: Union[str, Path], image_root: Optional[Union[str, Path]] = None,
+    shard_size: int = 10000, progress: bool = True,
 ) -> ConversionSummary:
     """Write ``out/%06d.tar`` shards from ``tsv``; images are relative to ``image_root`` (default: the tsv's folder).
 
     Each sample: key = 9-digit running index, ``jpg``, ``txt`` = caption,
     ``json`` = {caption, source (the tsv's image path), row (its tsv line number)}.
+    ``progress``: a bar of the rows read (:func:`~minigpt5.progress.progress_bar`).
     """
     tsv = Path(tsv)
     if not tsv.is_file():
@@ -99,6 +102,7 @@ def convert_cc3m(
     header = (next(lines, (1, ""))[1] or "").rstrip("\r\n").split("\t")
     if header != HEADER:
         raise ValueError(f"{tsv}:1: expected the header {'<TAB>'.join(HEADER)!r}, got {header}")
-    summary.shards = write_shards(pattern, _samples(lines, tsv, root, summary), shard_size)
+    rows = progress_bar(lines, desc=f"cc3m {tsv.name}", unit="row", enabled=progress)
+    summary.shards = write_shards(pattern, _samples(rows, tsv, root, summary), shard_size)
     summary.spec = brace_spec(pattern, len(summary.shards)) if summary.shards else None
     return summary

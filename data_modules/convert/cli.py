@@ -13,6 +13,7 @@ from data_modules.convert.mmc4 import MAX_IMAGES, MIN_SIM, convert_mmc4
 from data_modules.convert.mmdialog import convert_mmdialog
 from data_modules.convert.vist import convert_vist
 from data_modules.synthetic import write_synthetic
+from minigpt5.progress import add_progress_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     latents.add_argument("--captions", action="store_true",
                          help="also cache each caption's SD text-encoder output (stage 1's CAP target)")
+    for command in commands.choices.values():
+        add_progress_flag(command)
     return parser
 
 
@@ -102,29 +105,32 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "cc3m":
-            print(convert_cc3m(args.tsv, args.out, image_root=args.image_root, shard_size=args.shard_size))
+            print(convert_cc3m(args.tsv, args.out, image_root=args.image_root, shard_size=args.shard_size,
+                               progress=args.progress))
         elif args.command == "vist":
             print(
                 convert_vist(
-                    args.stories, args.images_map, args.out, image_root=args.image_root, shard_size=args.shard_size
+                    args.stories, args.images_map, args.out, image_root=args.image_root, shard_size=args.shard_size,
+                    progress=args.progress,
                 )
             )
         elif args.command == "encode-latents":
             cfg = model_config(args.model_config, args.overrides)
             print(encode_latents(args.shards, args.out, cfg, batch_size=args.batch_size, num_workers=args.workers,
-                                 device=args.device, captions=args.captions))
+                                 device=args.device, captions=args.captions, progress=args.progress))
         elif args.command == "mmdialog":
-            print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size))
+            print(convert_mmdialog(args.dialogues, args.images, args.out, shard_size=args.shard_size,
+                                   progress=args.progress))
         elif args.command == "mmc4":
             print(convert_mmc4(args.documents, args.images, args.out, min_sim=args.min_sim,
-                               max_images=args.max_images, shard_size=args.shard_size))
+                               max_images=args.max_images, shard_size=args.shard_size, progress=args.progress))
         elif args.command == "jsonl":
             print(convert_jsonl(args.documents, args.out, images=args.images, layout=args.layout,
-                                shard_size=args.shard_size))
+                                shard_size=args.shard_size, progress=args.progress))
         else:
             shards = write_synthetic(
                 args.out, num=args.num, val_num=args.val_num, size=args.size, seed=args.seed,
-                shard_size=args.shard_size, hard_num=args.hard_num,
+                shard_size=args.shard_size, hard_num=args.hard_num, progress=args.progress,
                 layout="stories" if args.stories else "dialogues" if args.dialogues else "pairs",
             )
             print(f"train shards: {shards.train}\nval shards: {shards.val or '(none)'}"

@@ -116,12 +116,14 @@ def _speaker_problem(turns: list[_Turn]) -> str:
     return ""
 
 
-def _samples(path: Path, root: Path, layout: Layout, summary: DocumentSummary) -> Iterator[dict[str, Any]]:
+def _samples(
+    path: Path, root: Path, layout: Layout, summary: DocumentSummary, progress: bool
+) -> Iterator[dict[str, Any]]:
     """wds samples of the usable documents; counts and logs the problems, left-out parts and skipped documents."""
     keys = SampleKeys(summary, log, "duplicate_id", "id")
     parse = partial(_parse, layout=layout)
     for lineno, where, (ident, kind, turns) in json_records(path, summary, log, parse, "bad_schema",
-                                                            labelled_by("id", "id")):
+                                                            labelled_by("id", "id"), progress):
         key = safe_key(ident)
         if not keys.free(key, where):
             continue
@@ -155,10 +157,11 @@ def convert_jsonl(
     images: Optional[Union[str, Path]] = None,
     layout: Layout = "story",
     shard_size: int = 1000,
+    progress: bool = True,
 ) -> DocumentSummary:
     """Write ``out/%06d.tar`` shards (``shard_size`` documents each) from a jsonl file in the schema of
     the module doc; relative image paths are read from ``images`` (default: the file's folder),
-    ``layout`` is that of the lines that name none."""
+    ``layout`` is that of the lines that name none; ``progress``: a bar of the lines read."""
     documents = Path(documents)
     check_shard_size(shard_size)
     if layout not in LAYOUTS:
@@ -169,4 +172,5 @@ def convert_jsonl(
     if not root.is_dir():
         raise FileNotFoundError(f"images folder not found: {root}")
     summary = DocumentSummary()
-    return write_summary_shards(Path(out), _samples(documents, root, layout, summary), shard_size, summary)
+    return write_summary_shards(Path(out), _samples(documents, root, layout, summary, progress), shard_size,
+                                summary)

@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from data_modules.convert.common import SequenceSummary, text_lines
+from minigpt5.progress import progress_bar
 
 T = TypeVar("T")
 
 
-def json_lines(path: Path, summary: SequenceSummary, log: logging.Logger) -> Iterator[tuple[int, Any]]:
+def json_lines(
+    path: Path, summary: SequenceSummary, log: logging.Logger, progress: bool = False
+) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON value) of each non-blank line of ``path``.
 
     Each such line counts as one sequence read; a line that is not UTF-8 (``bad_text``) or
-    not JSON (``bad_json``) is counted, logged as ``path:line`` and skipped.
+    not JSON (``bad_json``) is counted, logged as ``path:line`` and skipped. ``progress``: a bar
+    of the lines read.
     """
-    for lineno, line in text_lines(path):
+    for lineno, line in progress_bar(text_lines(path), desc=path.name, unit="line", enabled=progress):
         if line is not None and not line.strip():
             continue  # blank line: no record
         summary.read += 1
@@ -44,14 +48,14 @@ def labelled_by(key: str, word: str) -> Callable[[Any], str]:
 
 def json_records(
     path: Path, summary: SequenceSummary, log: logging.Logger, parse: Callable[[Any], T], kind: str,
-    label: Optional[Callable[[Any], str]] = None,
+    label: Optional[Callable[[Any], str]] = None, progress: bool = False,
 ) -> Iterator[tuple[int, str, T]]:
     """(line number, where, ``parse(value)``) of each JSON line of ``path`` (see :func:`json_lines`).
 
     ``where`` is ``path:line`` and the record's ``label`` (if given and not empty), for the log. A value that
     ``parse`` rejects with a ValueError is counted as ``kind``, logged with the error and skipped.
     """
-    for lineno, record in json_lines(path, summary, log):
+    for lineno, record in json_lines(path, summary, log, progress):
         name = label(record) if label is not None else ""
         where = f"{path}:{lineno}: {name}" if name else f"{path}:{lineno}"
         try:

@@ -42,6 +42,7 @@ from data_modules.workers import worker_context
 from minigpt5.builders import VAELatents, build_latent_space, build_sd_tokenizer, build_text_encoder
 from minigpt5.config import MiniGPT5Config
 from minigpt5.images import to_target_tensor
+from minigpt5.progress import progress_bar
 from minigpt5.sequences import tokenize_for_text_encoder
 from minigpt5.templates import prepare_caption
 
@@ -161,11 +162,13 @@ def encode_latents(
     num_workers: int = 0,
     device: Optional[str] = None,
     captions: bool = False,
+    progress: bool = True,
 ) -> LatentSummary:
     """Write ``out/<input shard name>`` for every shard of ``shards`` with latents added (module docstring).
 
     ``num_workers`` processes read and decode whole shards while the VAE encodes; the
     output is the same for any number. ``captions``: also cache each caption's text-encoder output.
+    ``progress``: a bar of the samples read, with the shards done.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
@@ -191,6 +194,8 @@ def encode_latents(
                         multiprocessing_context=worker_context("forkserver", ShardImages.__module__) if workers else None)
     sinks: dict[int, TarWriter] = {}
     pending: list[tuple[TarWriter, dict[str, Any], list[str], torch.Tensor]] = []
+    bar = progress_bar(desc=f"encode-latents {out}", unit="sample", enabled=progress)
+    shards_done = 0
     for kind, i, *rest in loader:
         if i not in sinks:  # whole-second mtime: no PAX header per member (see data_modules.writer)
             sinks[i] = TarWriter(str(targets[i]), mtime=int(time.time()))
@@ -198,8 +203,11 @@ def encode_latents(
             _write_encoded(pending, space, record, summary, text)
             pending = []
             sinks.pop(i).close()
+            shards_done += 1
+            bar.set_postfix(shards=f"{shards_done}/{len(urls)}", refresh=False)
             continue
         summary.read += 1
+        bar.update()
         if kind == "skip":
             summary.skip(log, *rest)
             continue
@@ -208,6 +216,7 @@ def encode_latents(
         if sum(len(p[2]) for p in pending) >= batch_size:
             _write_encoded(pending, space, record, summary, text)
             pending = []
+    bar.close()
     return summary
 
 

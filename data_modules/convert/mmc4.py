@@ -136,12 +136,13 @@ def _placed(
 
 
 def _samples(
-    paths: Sequence[Path], folder: Path, min_sim: float, max_images: int, summary: DocumentSummary
+    paths: Sequence[Path], folder: Path, min_sim: float, max_images: int, summary: DocumentSummary, progress: bool
 ) -> Iterator[dict[str, Any]]:
     """wds samples of the usable documents; counts and logs the problems, left-out parts and skipped documents."""
     keys = SampleKeys(summary, log, "duplicate_url", "url")
     for path in paths:
-        for lineno, where, (url, texts, images) in json_records(path, summary, log, _parse, "missing_key"):
+        for lineno, where, (url, texts, images) in json_records(path, summary, log, _parse, "missing_key",
+                                                                     progress=progress):
             key = hashlib.sha1((url if url is not None else f"{path}:{lineno}").encode()).hexdigest()[:16]
             if not keys.free(key, f"{where}: url {url!r}"):
                 continue
@@ -162,8 +163,10 @@ def convert_mmc4(
     min_sim: float = MIN_SIM,
     max_images: int = MAX_IMAGES,
     shard_size: int = 1000,
+    progress: bool = True,
 ) -> MMC4Summary:
-    """Write ``out/%06d.tar`` shards (``shard_size`` documents each) from MMC4 jsonl file(s); see the module doc."""
+    """Write ``out/%06d.tar`` shards (``shard_size`` documents each) from MMC4 jsonl file(s); see the module doc.
+    ``progress``: a bar of the lines read."""
     paths = [Path(documents)] if isinstance(documents, (str, Path)) else [Path(p) for p in documents]
     folder = Path(images)
     check_shard_size(shard_size)
@@ -175,4 +178,5 @@ def convert_mmc4(
     if not folder.is_dir():
         raise FileNotFoundError(f"MMC4 images folder not found: {folder}")
     summary = MMC4Summary()
-    return write_summary_shards(Path(out), _samples(paths, folder, min_sim, max_images, summary), shard_size, summary)
+    samples = _samples(paths, folder, min_sim, max_images, summary, progress)
+    return write_summary_shards(Path(out), samples, shard_size, summary)

@@ -85,11 +85,12 @@ def _parse(record: Any) -> tuple[Any, list[Turn]]:
     return cid, turns
 
 
-def _samples(path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dict[str, Any]]:
+def _samples(path: Path, images: Path, summary: MMDialogSummary, progress: bool) -> Iterator[dict[str, Any]]:
     """wds samples of the usable dialogues; counts and logs the problems, dropped parts and skipped dialogues."""
     keys = SampleKeys(summary, log, "duplicate_id", "id")
     label = labelled_by("conversation_id", "conversation")
-    for lineno, where, (cid, raw_turns) in json_records(path, summary, log, _parse, "missing_key", label):
+    for lineno, where, (cid, raw_turns) in json_records(path, summary, log, _parse, "missing_key", label,
+                                                              progress):
         key = safe_key(cid)
         if not keys.free(key, where):
             continue
@@ -112,9 +113,11 @@ def _samples(path: Path, images: Path, summary: MMDialogSummary) -> Iterator[dic
 
 
 def convert_mmdialog(
-    dialogues: Union[str, Path], images: Union[str, Path], out: Union[str, Path], shard_size: int = 1000
+    dialogues: Union[str, Path], images: Union[str, Path], out: Union[str, Path], shard_size: int = 1000,
+    progress: bool = True,
 ) -> MMDialogSummary:
-    """Write ``out/%06d.tar`` shards (``shard_size`` dialogues each) from ``dialogues``; see the module doc."""
+    """Write ``out/%06d.tar`` shards (``shard_size`` dialogues each) from ``dialogues``; see the module doc.
+    ``progress``: a bar of the lines read."""
     dialogues, images = Path(dialogues), Path(images)
     check_shard_size(shard_size)
     if not dialogues.is_file():
@@ -122,4 +125,5 @@ def convert_mmdialog(
     if not images.is_dir():
         raise FileNotFoundError(f"MMDialog images folder not found: {images}")
     summary = MMDialogSummary()
-    return write_summary_shards(Path(out), _samples(dialogues, images, summary), shard_size, summary)
+    return write_summary_shards(Path(out), _samples(dialogues, images, summary, progress), shard_size,
+                                summary)

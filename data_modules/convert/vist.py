@@ -27,7 +27,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, Union
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Union
 
 from data_modules.convert.common import (
     SequenceSummary,
@@ -36,6 +36,7 @@ from data_modules.convert.common import (
     safe_key,
     write_summary_shards,
 )
+from minigpt5.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,17 @@ def _step(
 
 
 def _samples(
-    stories: dict[str, Any],
+    stories: Iterable[tuple[str, Any]],
     stories_path: Path,
     mapping: dict[str, Any],
     mapping_path: Path,
     image_root: Path,
     summary: VistSummary,
 ) -> Iterator[dict[str, Any]]:
-    """wds samples of the usable stories; counts and logs the problems and skipped stories."""
+    """wds samples of the usable stories (``(story id, steps)`` pairs); counts and logs the problems and
+    skipped stories."""
     owners: dict[str, str] = {}  # sample key -> the story id that took it
-    for story_id, steps in stories.items():
+    for story_id, steps in stories:
         summary.read += 1
         where = f"{stories_path}: story {story_id!r}"
         key = safe_key(story_id)
@@ -182,13 +184,16 @@ def convert_vist(
     out: Union[str, Path],
     image_root: Optional[Union[str, Path]] = None,
     shard_size: int = 1000,
+    progress: bool = True,
 ) -> VistSummary:
-    """Write ``out/%06d.tar`` shards (``shard_size`` stories each) from the VIST files; see the module doc."""
+    """Write ``out/%06d.tar`` shards (``shard_size`` stories each) from the VIST files; see the module doc.
+    ``progress``: a bar of the stories read."""
     stories, images_map = Path(stories), Path(images_map)
     check_shard_size(shard_size)
     table = _load_object(stories, "stories file")
     mapping = _load_object(images_map, "image mapping")
     root = Path(image_root) if image_root is not None else images_map.parent
     summary = VistSummary()
-    samples = _samples(table, stories, mapping, images_map, root, summary)
+    samples = _samples(progress_bar(table.items(), desc=f"vist {stories.name}", unit="story", enabled=progress),
+                       stories, mapping, images_map, root, summary)
     return write_summary_shards(Path(out), samples, shard_size, summary)

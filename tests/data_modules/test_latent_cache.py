@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 from PIL import Image
+from terminal import Terminal
 from webdataset.tariterators import tarfile_samples
 
 from data_modules.cc3m import CC3MDataModule
@@ -122,6 +124,18 @@ def test_encode_latents_skips_and_counts_bad_samples(tmp_path, caplog):
     assert dict(summary.skipped) == {"corrupt_image": 1, "no_image": 1}
     assert "sample 'b'" in caplog.text and "sample 'c'" in caplog.text
     assert [s["__key__"] for s in read(summary.spec)] == ["a"]
+
+
+def test_encode_latents_bar_counts_samples_and_shards_on_a_terminal_only(pairs, tmp_path, monkeypatch):
+    raw_spec, _ = pairs
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    encode_latents(raw_spec, tmp_path / "shown", VAE_CFG, device="cpu")
+    assert "encode-latents" in terminal.getvalue() and "16sample" in terminal.getvalue()
+    assert "shards=2/2" in terminal.getvalue() and "sample/s" in terminal.getvalue()
+    terminal.truncate(0)
+    encode_latents(raw_spec, tmp_path / "quiet", VAE_CFG, device="cpu", progress=False)
+    assert terminal.getvalue() == ""
 
 
 def test_encode_latents_refuses_pixel_space_and_overwriting_its_input(pairs, tmp_path):

@@ -23,6 +23,7 @@ from evaluation.extractors import tiny_extractors
 from evaluation.image_metrics import clip_image_embeddings, fid
 from evaluation.items import EvalItem, detect_protocol, read_items
 from evaluation.protocols import ProtocolOptions, _uint8, run_protocol
+from evaluation.sweep_chart import sweep_of
 from evaluation.systems import MiniGPT5System, StableDiffusionBaseline, item_seed, target_prompt
 from lit_models.cli import main
 from lit_models.module import MiniGPT5Module
@@ -93,6 +94,15 @@ def test_cc3m_eval_with_sd2_baseline_and_guidance_sweep(stage1_ckpt, data, tmp_p
     quoted = [r for r in results["rows"] if r["kind"] == "quoted"]
     assert [r["system"] for r in quoted] == ["MiniGPT-5 (published)", "GILL"]
     assert "not retrieved" in (tmp_path / "results.md").read_text()  # their CC3M figures are not in quoted.yaml
+    # The sweep as a picture next to results.md, shown there: a panel per metric, a line per system.
+    assert results["guidance_sweep"] == "![each metric against guidance scale](guidance_sweep.png)"
+    assert results["guidance_sweep"] in (tmp_path / "results.md").read_text()
+    with Image.open(tmp_path / "guidance_sweep.png") as plot:
+        assert plot.format == "PNG"
+        plot.load()
+    sweep = sweep_of(results["rows"])
+    assert sweep.scales == [1.0, 7.5] and {"fid", "clip_i", "clip_t"} <= set(sweep.metrics)
+    assert all(set(lines) == {"MiniGPT-5", "Stable Diffusion 2"} for lines in sweep.metrics.values())
 
 
 @pytest.mark.slow
