@@ -52,6 +52,18 @@ def keys(batches) -> list[list[str]]:
     return [b["keys"] for b in batches]
 
 
+def gathered_position(rank_batches: list[list[dict]], consumed: int) -> StreamPosition:
+    """The position a checkpoint gathers after each rank consumed its first ``consumed`` batches."""
+    positions = []
+    for batches in rank_batches:
+        positions.append(StreamPosition())
+        for batch in batches[:consumed]:
+            positions[-1].advance(batch[POSITION_KEY].tolist())
+    for other in positions[1:]:
+        positions[0].merge(other)
+    return positions[0]
+
+
 def test_buffered_shuffle_is_a_permutation_fixed_by_the_seed():
     a = list(buffered_shuffle(iter(range(50)), 8, random.Random(1)))
     b = list(buffered_shuffle(iter(range(50)), 8, random.Random(1)))
@@ -113,13 +125,7 @@ def test_one_rank_over_two_groups_sees_what_two_ranks_see_together(tmp_path):
 
     # Resuming the single process from positions gathered from the two ranks.
     full = epoch(grouped([0, 1], 6), 2)
-    position = StreamPosition()
-    for batch in epoch(grouped([0], 3), 2)[:3]:
-        position.advance(batch[POSITION_KEY].tolist())
-    other = StreamPosition()
-    for batch in epoch(grouped([1], 3), 2)[:3]:
-        other.advance(batch[POSITION_KEY].tolist())
-    position.merge(other)
+    position = gathered_position([epoch(grouped([0], 3), 2), epoch(grouped([1], 3), 2)], 3)
     assert keys(epoch(grouped([0, 1], 6), 2, resume=position)) == keys(full[3:])
 
 
@@ -167,13 +173,7 @@ def test_length_pools_keep_what_one_rank_over_two_groups_sees(tmp_path):
     both = keys(epoch(grouped([0, 1], 6), 0))
     rank0, rank1 = keys(epoch(grouped([0], 3), 0)), keys(epoch(grouped([1], 3), 0))
     assert both == [a + b for a, b in zip(rank0, rank1)]
-    position = StreamPosition()
-    for batch in epoch(grouped([0], 3), 0)[:2]:
-        position.advance(batch[POSITION_KEY].tolist())
-    other = StreamPosition()
-    for batch in epoch(grouped([1], 3), 0)[:2]:
-        other.advance(batch[POSITION_KEY].tolist())
-    position.merge(other)
+    position = gathered_position([epoch(grouped([0], 3), 0), epoch(grouped([1], 3), 0)], 2)
     assert keys(epoch(grouped([0, 1], 6), 0, resume=position)) == both[2:]
 
 
