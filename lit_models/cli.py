@@ -67,8 +67,8 @@ COMMANDS: dict[str, Command] = {
                     "the paper's protocols and systems, scored"),
     "plan": Command("lit_models.plan", "plan -c configs/uas.yaml ... --trainer.devices=8",
                     "memory per GPU under each strategy", fit_config=True),
-    "export": Command("lit_models.export", "export --ckpt last.ckpt --out trainable.safetensors",
-                      "consolidated trainable weights"),
+    "export": Command("lit_models.export_cli", "export --ckpt last.ckpt --out trainable.safetensors [--format pretrained]",
+                      "consolidated trainable weights, or a model folder for from_pretrained"),
     "import-official": Command("lit_models.import_official",
                                "import-official --ckpt stage2_vist.ckpt --stage1 stage1_cc3m.ckpt "
                                "--minigpt4 prerained_minigpt4_7b.pth --out official.safetensors",

@@ -6,8 +6,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Any, ContextManager, Optional, Union
+from typing import Any, ContextManager, Optional
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.offload import Device, Offloader
+from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
 from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
@@ -85,7 +85,7 @@ def check_cached_shape(key: str, values: torch.Tensor, expected: tuple[int, ...]
         raise ValueError(f"cached {key} have shape {tuple(values.shape[1:])} per {per}; {needs} needs {expected}")
 
 
-class MiniGPT5(nn.Module):
+class MiniGPT5(PretrainedMixin, nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
 
     Batch keys read by :meth:`forward`:
@@ -171,24 +171,6 @@ class MiniGPT5(nn.Module):
                 f"{what}: context images are a stage-2 feature, and this is a stage-{self.stage} model without a "
                 "vision tower (vision.kind none); use a stage-2 (MLS) model, or leave the images out"
             )
-
-    # ---- one folder per model (minigpt5.pretrained) ----
-
-    def save_pretrained(self, folder: Union[str, Path], **card: Any) -> Path:
-        """Write this model as one folder (:func:`minigpt5.pretrained.save_pretrained`; ``card``:
-        its ``training`` and ``results`` keywords for the model card)."""
-        from minigpt5.pretrained import save_pretrained
-
-        return save_pretrained(self, folder, **card)
-
-    @classmethod
-    def from_pretrained(cls, source: Union[str, Path], **options: Any) -> "MiniGPT5":
-        """A model from a folder written by :meth:`save_pretrained` or a hub id holding one
-        (``options``: the fields of :class:`minigpt5.inference.InferenceOptions`)."""
-        from minigpt5.inference import InferenceOptions
-        from minigpt5.pretrained import from_pretrained
-
-        return from_pretrained(source, InferenceOptions(**options))
 
     # ---- offloading ----
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from peft import set_peft_model_state_dict
@@ -34,9 +35,6 @@ from minigpt5.config import ConfigError, MiniGPT5Config, dataclass_from, stage_o
 from minigpt5.fingerprint import check_frozen_parts, part_paths
 from minigpt5.inference import InferenceOptions, quantization_config
 from minigpt5.model_card import model_card
-
-if TYPE_CHECKING:
-    from minigpt5.model import MiniGPT5
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +51,22 @@ ADAPTER_PREFIX = "llm."  # the adapter's trainable tensors live under the LLM
 
 class PretrainedFolderError(ValueError):
     """A model folder (or hub id) is missing, lacks a file, holds a broken one, or does not fit."""
+
+
+class PretrainedMixin:
+    """``save_pretrained`` and ``from_pretrained`` for :class:`minigpt5.model.MiniGPT5` (a mixin, so
+    this module needs no import of the model's)."""
+
+    def save_pretrained(self, folder: Union[str, Path], *, training: Optional[dict[str, Any]] = None,
+                        results: Optional[list[dict[str, Any]]] = None) -> Path:
+        """Write this model as one folder (:func:`save_pretrained`)."""
+        return save_pretrained(self, folder, training=training, results=results)
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], **options: Any) -> Any:
+        """The model of a folder written by :meth:`save_pretrained`, or of a hub id holding one
+        (``options``: the fields of :class:`minigpt5.inference.InferenceOptions`)."""
+        return from_pretrained(cls, source, InferenceOptions(**options))
 
 
 # ---- writing ----
@@ -73,7 +87,7 @@ def portable_config(cfg: MiniGPT5Config) -> MiniGPT5Config:
 
 
 def save_pretrained(
-    model: "MiniGPT5", folder: Union[str, Path], *, training: Optional[dict[str, Any]] = None,
+    model: Any, folder: Union[str, Path], *, training: Optional[dict[str, Any]] = None,
     results: Optional[list[dict[str, Any]]] = None,
 ) -> Path:
     """Write ``model`` to ``folder`` (the files of the module docstring); return the folder.
@@ -165,7 +179,7 @@ def read_config(folder: Path) -> tuple[MiniGPT5Config, int]:
     return cfg, stage
 
 
-def load_weights(model: "MiniGPT5", folder: Path) -> None:
+def load_weights(model: Any, folder: Path) -> None:
     """The folder's trainable weights (and adapter) into ``model``; every trainable tensor must be there."""
     path = folder / WEIGHTS_FILE
     weights = read_tensors(path)
@@ -193,24 +207,23 @@ def load_weights(model: "MiniGPT5", folder: Path) -> None:
                                     f"{unexpected[:5]}, missing {absent[:5]}")
 
 
-def from_pretrained(source: Union[str, Path], options: Optional[InferenceOptions] = None) -> "MiniGPT5":
-    """The model of a folder written by :func:`save_pretrained`, or of a hub id holding one, ready for
-    generation (eval mode) on ``options.device``, with ``options``' precision, quantization and offloading."""
-    from minigpt5.model import MiniGPT5
-
+def from_pretrained(model_class: type, source: Union[str, Path], options: Optional[InferenceOptions] = None) -> Any:
+    """The ``model_class`` (MiniGPT5) of a folder written by :func:`save_pretrained`, or of a hub id holding
+    one, ready for generation (eval mode) on ``options.device``, with ``options``' precision, quantization
+    and offloading."""
     options = options or InferenceOptions()
     folder = resolve_folder(source)
     cfg, _ = read_config(folder)
     saved_fingerprint = read_tensors(folder / FINGERPRINT_FILE)
     cfg = options.apply_dtype(cfg)
     quantization = quantization_config(options.quantize, options.device) if options.quantize else None
-    model = MiniGPT5(cfg, build_components(cfg, quantization=quantization))
+    model = model_class(cfg, build_components(cfg, quantization=quantization))
     check_frozen_parts(saved_fingerprint, model.frozen_fingerprint, f"model folder '{folder}'", part_paths(cfg))
     load_weights(model, folder)
     return place(model, options)
 
 
-def place(model: "MiniGPT5", options: InferenceOptions) -> "MiniGPT5":
+def place(model: Any, options: InferenceOptions) -> Any:
     """Move ``model`` to ``options.device`` (a quantized LLM stays where transformers loaded it),
     offload the occasional parts if asked, and switch to eval mode."""
     for name, child in model.named_children():
@@ -219,3 +232,12 @@ def place(model: "MiniGPT5", options: InferenceOptions) -> "MiniGPT5":
     if options.offload:
         model.enable_offload()
     return model.eval()
+
+
+def with_options(model: Any, options: InferenceOptions) -> Any:
+    """``model`` (built or loaded any way) under ``options``: placed and offloaded as asked; a change of
+    precision or a quantized LLM rebuilds it through a temporary folder, as loading one would."""
+    if options.dtype is None and options.quantize is None:
+        return place(model, options)
+    with tempfile.TemporaryDirectory() as folder:
+        return from_pretrained(type(model), save_pretrained(model, folder), options)

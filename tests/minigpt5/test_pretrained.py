@@ -18,7 +18,7 @@ from minigpt5.generate import GenerationConfig, generate
 from minigpt5.model import MiniGPT5
 from minigpt5.pretrained import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CARD_FILE, CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE,
-    PretrainedFolderError, from_pretrained,
+    PretrainedFolderError,
 )
 from minigpt5.tokenizer import build_tiny_tokenizer
 
@@ -101,7 +101,7 @@ def test_peft_loads_the_adapter_alone_with_the_models_logits(stage2):
 
 def test_stage1_folder_refuses_context_images_with_a_clear_message(stage1):
     model, folder = stage1
-    loaded = from_pretrained(folder)
+    loaded = MiniGPT5.from_pretrained(folder)
     assert loaded.stage == 1
     assert story(loaded).token_ids == story(model).token_ids
     with pytest.raises(ValueError, match="context images are a stage-2 feature.*stage-1 model"):
@@ -119,7 +119,7 @@ def test_stand_in_paths_are_stored_absolute_so_the_folder_loads_from_anywhere(tm
     info = json.loads((folder / CONFIG_FILE).read_text())
     assert info["config"]["llm"]["path"] == str(tmp_path / "tiny_lm")
     monkeypatch.chdir(tmp_path / "out")
-    assert story(from_pretrained(tmp_path / "out/model")).token_ids == story(model).token_ids
+    assert story(MiniGPT5.from_pretrained(tmp_path / "out/model")).token_ids == story(model).token_ids
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_missing_file_is_named(copy_of, name):
     folder = copy_of()
     (folder / name).unlink()
     with pytest.raises(PretrainedFolderError, match=f"has no {name}"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
 
 
 @pytest.mark.parametrize("name, words", [(WEIGHTS_FILE, "not a readable safetensors"),
@@ -147,7 +147,7 @@ def test_corrupt_file_is_named(copy_of, name, words):
     folder = copy_of()
     (folder / name).write_bytes(b"\x00garbage{")
     with pytest.raises(PretrainedFolderError, match=f"{name}.*{words}|{words}"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
 
 
 def test_config_that_does_not_fit_is_named(copy_of):
@@ -156,15 +156,15 @@ def test_config_that_does_not_fit_is_named(copy_of):
     info["stage"] = 1
     (folder / CONFIG_FILE).write_text(json.dumps(info))
     with pytest.raises(PretrainedFolderError, match="says stage 1, but its config is a stage-2 model"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
     info["stage"], info["config"]["mapper"]["width"] = 2, 32  # other mapper: the weights do not fit
     (folder / CONFIG_FILE).write_text(json.dumps(info))
     with pytest.raises(PretrainedFolderError, match="model.safetensors' does not fit.*shape mismatches"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
     info["config"]["mapper"]["width"], info["config"]["llm"]["max_length"] = 64, 3
     (folder / CONFIG_FILE).write_text(json.dumps(info))
     with pytest.raises(PretrainedFolderError, match="invalid model config: llm.max_length"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
 
 
 def test_other_frozen_weights_are_refused(copy_of):
@@ -174,7 +174,7 @@ def test_other_frozen_weights_are_refused(copy_of):
     prints = load_file(str(folder / FINGERPRINT_FILE))
     save_file({**prints, "unet": prints["unet"] + 1.0}, str(folder / FINGERPRINT_FILE))
     with pytest.raises(FrozenPartsChanged, match="unet"):
-        from_pretrained(folder)
+        MiniGPT5.from_pretrained(folder)
 
 
 def test_hub_id_offline_is_a_clear_error_naming_it(tmp_path, monkeypatch):
@@ -184,6 +184,6 @@ def test_hub_id_offline_is_a_clear_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(PretrainedFolderError, match=r"could not get model 'someone/minigpt5-vist'.*HF_HUB_OFFLINE"):
-        from_pretrained("someone/minigpt5-vist")
+        MiniGPT5.from_pretrained("someone/minigpt5-vist")
     with pytest.raises(PretrainedFolderError, match="no model folder at 'no/such/folder'"):
-        from_pretrained("no/such/folder")
+        MiniGPT5.from_pretrained("no/such/folder")
