@@ -77,3 +77,18 @@ def test_export_errors_name_what_is_wrong(stage2_ckpt, tmp_path, capsys):
     assert "none.ckpt' does not exist" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o"), *GENERATE]) == 2
     assert "no model folder" in capsys.readouterr().err
+
+
+def test_eval_reads_a_model_folder_and_records_its_weights(stage2_ckpt, tmp_path):
+    from data_modules.synthetic import write_synthetic
+    from evaluation.report import file_sha256
+
+    stories = write_synthetic(tmp_path / "stories", num=1, val_num=1, size=16, seed=0, layout="stories").val
+    folder = tmp_path / "model"
+    assert main(["export", "--format", "pretrained", "--ckpt", str(stage2_ckpt), "--out", str(folder)]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(folder), "--protocol", "synthetic-vist", "--shards", stories, "--extractors",
+                 "tiny", "--steps", "2", "--max-new-tokens", "6", "--offload", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoint"]["sha256"] == file_sha256(folder / "model.safetensors")
+    assert results["rows"][0]["metrics"]["items"] >= 1
