@@ -55,6 +55,10 @@ def quantization_config(quantize: str, device: str, compute_dtype: torch.dtype =
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     if torch.device(device).type == "cuda":
+        try:
+            import bitsandbytes  # noqa: F401  (transformers needs it to load under the config below)
+        except ImportError as err:
+            raise ConfigError(f"--quantize {quantize} on CUDA needs bitsandbytes: pip install bitsandbytes") from err
         from transformers import BitsAndBytesConfig
 
         if quantize == "8bit":

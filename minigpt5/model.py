@@ -88,6 +88,9 @@ def check_cached_shape(key: str, values: torch.Tensor, expected: tuple[int, ...]
 class MiniGPT5(PretrainedMixin, nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
 
+    ``save_pretrained(folder)`` / ``MiniGPT5.from_pretrained(folder_or_hub_id)`` write and read one
+    model folder (:mod:`minigpt5.pretrained`).
+
     Batch keys read by :meth:`forward`:
       input_ids, attention_mask, labels: (B, T) — labels -100 where no text loss;
       target_pixels: (N, 3, H, W) in [-1, 1], one per ``[IMG0]`` in input_ids, in

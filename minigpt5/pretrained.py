@@ -224,10 +224,12 @@ def from_pretrained(model_class: type, source: Union[str, Path], options: Option
 
 
 def place(model: Any, options: InferenceOptions) -> Any:
-    """Move ``model`` to ``options.device`` (a quantized LLM stays where transformers loaded it),
-    offload the occasional parts if asked, and switch to eval mode."""
+    """Move ``model`` to ``options.device`` and switch it to eval mode. A quantized LLM stays where
+    transformers loaded it; with ``options.offload`` the occasional parts stay on the CPU (never all
+    on the GPU at once, not even while loading)."""
+    offloaded = set(model.offloadable_parts()) if options.offload else set()
     for name, child in model.named_children():
-        if name != "llm" or not options.quantize:
+        if name not in offloaded and not (name == "llm" and options.quantize):
             child.to(options.device)
     if options.offload:
         model.enable_offload()
