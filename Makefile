@@ -103,6 +103,7 @@ bench: install
 	$(BIN)/python benchmarks/padding.py
 	$(BIN)/python benchmarks/activation_checkpointing.py
 	$(BIN)/python benchmarks/data_path.py
+	$(BIN)/python benchmarks/quantized_memory.py
 	@if [ -f $(DEMO)/uas/checkpoints/last.ckpt ]; then $(BIN)/python benchmarks/sampler_steps.py; \
 	else echo "benchmarks/sampler_steps.py skipped: it reads the demo's stage-1 checkpoint (make demo first)"; fi
 

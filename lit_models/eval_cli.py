@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from data_modules.shards import SampleCounter
 from minigpt5.task_prompts import VIST_IMAGE_PROMPT
@@ -42,6 +41,7 @@ from evaluation.sweep_chart import write_sweep_plot
 from evaluation.systems import VIST_PROMPTS, MiniGPT5System, StableDiffusionBaseline, WriteThenDraw, target_prompt
 from evaluation.text_metrics import BLEU_TOKENS
 from evaluation.world_scores import world_summary
+from lit_models.model_loading import add_inference_arguments, inference_options, load_model, weights_file
 from lit_models.pages import world_examples_html
 from minigpt5.config import SAMPLER_NAMES, ConfigError
 from minigpt5.decoding import resolve_decoding
@@ -57,7 +57,9 @@ QUOTED = Path(__file__).resolve().parents[1] / "configs" / "eval" / "quoted.yaml
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minigpt5 eval", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--ckpt", required=True, help="MiniGPT5Module checkpoint (its config gives the frozen SD too)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="MiniGPT5Module checkpoint (its config gives the frozen SD too)")
+    source.add_argument("--model", help="a model folder (`minigpt5 export --format pretrained`) or a hub id holding one")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a checkpoint that holds more than tensors (runs its code: trusted files only)")
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
@@ -107,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quoted", default=str(QUOTED),
                         help="published figures (GILL, Divter, the paper's own) added as quoted rows; '' for none")
     parser.add_argument("--out", default="outputs/eval")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--examples", type=int, default=8,
                         help="examples kept for samples_*.png (and, synthetic protocols, examples_*.html)")
     add_progress_flag(parser)
+    add_inference_arguments(parser)
     return parser
 
 
@@ -151,19 +153,19 @@ def save_samples(run: Run, path: Path, resolution: int) -> Optional[Path]:
 
 
 def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
-    from lit_models.module import MiniGPT5Module
-
     if args.protocol == "mmdialog" and "sd2" in args.systems:
         raise ConfigError("the SD2 baseline writes no text, so it has no mmdialog row; drop sd2 from --systems")
     if args.protocol not in WORLD_PROTOCOLS and "llm-then-sd" in args.systems:
         raise ConfigError("the llm-then-sd baseline is scored only by the synthetic world's protocols")
     quoted = quoted_rows(args.quoted, args.protocol) if args.quoted else []  # read first: a bad file fails fast
     options = protocol_options(args)
-    if not Path(args.ckpt).exists():  # before the extractors, whose weights may be missing too
+    source = args.model or args.ckpt
+    if args.ckpt and not Path(args.ckpt).exists():  # before the extractors, whose weights may be missing too
         raise FileNotFoundError(f"checkpoint '{args.ckpt}' does not exist")
+    identity = checkpoint_identity(weights_file(source))  # a model folder or hub id is resolved here, early too
     paths = ExtractorPaths(args.inception, args.cleanfid_inception, args.clip, args.clip_path, args.sbert)
     extractors = (tiny_extractors() if args.extractors == "tiny" else load_extractors(args.protocol, paths)).to(args.device)
-    model = MiniGPT5Module.from_checkpoint(args.ckpt, allow_pickle=args.allow_pickle).model.to(args.device).eval()
+    model = load_model(source, inference_options(args), allow_pickle=args.allow_pickle)
     resolution = model.cfg.diffusion.resolution
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +195,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Path, Path]:
     rows += quoted
     header = {
         "protocol": args.protocol,
-        "checkpoint": checkpoint_identity(args.ckpt),
+        "checkpoint": identity,
         "shards": args.shards,
         "targets": args.targets if args.protocol != "cc3m" else "all",
         "context": args.context if args.protocol != "cc3m" else "none",

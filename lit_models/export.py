@@ -1,4 +1,5 @@
-"""``minigpt5 export``: one consolidated trainable-weights file from any training checkpoint.
+"""Reading the trainable weights of any training checkpoint, and writing them as one file
+(``minigpt5 export``, whose command line is :mod:`lit_models.export_cli`).
 
 Reads a Lightning checkpoint file (DDP / single device: already trainable-only) or a
 DeepSpeed checkpoint directory (Lightning's ``last.ckpt/`` or a raw
@@ -12,17 +13,13 @@ Under ZeRO stage 0 the weights are the module's own copy in the model-states fil
 holds only the trainable ones when saved with ``exclude_frozen_parameters`` (the
 strategy overlays set it; with it unset the file holds frozen weights too, and they
 are exported as is).
-
-  minigpt5 export --ckpt outputs/uas/checkpoints/last.ckpt --out trainable.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -95,18 +92,3 @@ def export_trainable(ckpt: Union[str, Path], out: Union[str, Path]) -> dict[str,
     log.info("wrote %d trainable tensors (%s values) from %s to %s",
              len(weights), f"{sum(v.numel() for v in weights.values()):,}", ckpt, out)
     return weights
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="minigpt5 export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="Lightning .ckpt file or DeepSpeed checkpoint folder")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        weights = export_trainable(args.ckpt, args.out)
-    except (ValueError, KeyError, FileNotFoundError) as err:  # not a checkpoint, not ours, or absent
-        print(f"minigpt5 export: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
-    print(f"{len(weights)} trainable tensors -> {args.out}")
-    return 0

@@ -1,6 +1,7 @@
 """``minigpt5 generate``: an interleaved story from a checkpoint (or an untrained tiny model).
 
   minigpt5 generate --ckpt outputs/demo/uas/checkpoints/last.ckpt --prompt "a red circle" --out outputs/story
+  minigpt5 generate --model models/mls --quantize 4bit --offload --dtype bfloat16 --prompt "..." --out outputs/story
   minigpt5 generate --tiny --prompt "look: <image> and then" --image cat.png --out outputs/try
 
 Writes ``story.html`` (self-contained), ``image_000.png`` .. and ``record.json`` to ``--out``.
@@ -15,13 +16,16 @@ import argparse
 import sys
 from typing import Optional
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
+from lit_models.model_loading import add_inference_arguments, inference_options
+from lit_models.model_loading import load_model as load_source
 from lit_models.pages import write_outputs
-from minigpt5.config import SAMPLER_NAMES
+from minigpt5.config import SAMPLER_NAMES, MiniGPT5Config, VisionConfig
 from minigpt5.decoding import PRESETS, resolve_decoding
 from minigpt5.generate import GenerationConfig, check_image_markers, generate
+from minigpt5.model import MiniGPT5
+from minigpt5.pretrained import with_options
 from minigpt5.progress import add_progress_flag
 
 
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minigpt5 generate", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a MiniGPT5Module checkpoint (its config rebuilds the frozen parts)")
+    source.add_argument("--model", help="a model folder (`minigpt5 export --format pretrained`) or a hub id holding one")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a checkpoint that holds more than tensors (runs its code: trusted files only)")
     source.add_argument("--tiny", action="store_true", help="an untrained tiny model with a CLIP tower, for trying it out")
@@ -54,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="diffusion sampler; default: the model config's")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix for every token")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_progress_flag(parser)
+    add_inference_arguments(parser)
     return parser
 
 
@@ -71,15 +76,11 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
     )
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace) -> MiniGPT5:
+    options = inference_options(args)
     if args.tiny:
-        from minigpt5.config import MiniGPT5Config, VisionConfig
-        from minigpt5.model import MiniGPT5
-
-        return MiniGPT5(MiniGPT5Config(vision=VisionConfig(kind="clip")))
-    from lit_models.module import MiniGPT5Module
-
-    return MiniGPT5Module.from_checkpoint(args.ckpt, allow_pickle=args.allow_pickle).model
+        return with_options(MiniGPT5(MiniGPT5Config(vision=VisionConfig(kind="clip"))), options)
+    return load_source(args.model or args.ckpt, options, allow_pickle=args.allow_pickle)
 
 
 def load_images(paths: list[str]) -> list[Image.Image]:
@@ -99,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = generation_config(args)
         check_image_markers(args.prompt, len(args.image))  # before the model is built
         images = load_images(args.image)
-        model = load_model(args).to(args.device)
+        model = load_model(args)
         result = generate(model, args.prompt, images, cfg, progress=args.progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"minigpt5 generate: error: {err}", file=sys.stderr)

@@ -7,10 +7,8 @@ the commands, so each of them can import it.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import sys
-import typing
 import warnings
 from typing import Any, Optional
 
@@ -22,6 +20,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lit_models.module import MiniGPT5Module
 from lit_models.requeue import RequeueAtStepBoundary
 from minigpt5.progress import NO_PROGRESS, NO_PROGRESS_HELP, shows_progress
+from minigpt5.config import dataclass_from  # noqa: F401  (plan and import-official read configs with it)
 
 # Warnings that are expected by design here, each silenced with its reason:
 _EXPECTED_WARNINGS = (
@@ -139,13 +138,3 @@ def fit_config(args: list[str]) -> Namespace:
     """The configuration ``fit`` would run with ``args`` (``-c`` files and flags), nothing built."""
     return run_lightning(MiniGPT5Module, args, run=False, cli_class=ParseOnlyCLI).config
 
-
-def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
-    """``cls`` (a dataclass, nested ones included) from a dict of its fields."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            value = values[f.name]
-            kwargs[f.name] = dataclass_from(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else value
-    return cls(**kwargs)

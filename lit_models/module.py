@@ -18,7 +18,7 @@ from lit_models.checkpoint_files import load_checkpoint_file
 from lit_models.export import saved_fingerprint, trainable_weights
 from lit_models.optim import OptimConfig, configure_adamw
 from minigpt5.config import ConfigError, MiniGPT5Config, model_differences
-from minigpt5.fingerprint import CHECKPOINT_KEY, check_frozen_parts
+from minigpt5.fingerprint import CHECKPOINT_KEY, check_frozen_parts, part_paths
 from minigpt5.losses import IGNORE_INDEX
 from minigpt5.model import MiniGPT5, target_count
 from minigpt5.randomness import Generators
@@ -196,11 +196,7 @@ class MiniGPT5Module(LightningModule):
 
     def check_frozen_parts(self, saved: dict[str, torch.Tensor], where: str) -> None:
         """Refuse a checkpoint trained against other frozen weights than this model's."""
-        cfg = self.config
-        paths = {"llm": cfg.llm.path, "text_encoder": cfg.diffusion.path, "unet": cfg.diffusion.path,
-                 "latents": cfg.diffusion.path, "vision": cfg.vision.path,
-                 "input_projection": cfg.vision.projection_path}
-        check_frozen_parts(saved, self.model.frozen_fingerprint, where, paths)
+        check_frozen_parts(saved, self.model.frozen_fingerprint, where, part_paths(self.config))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trainable_keys()

@@ -1,6 +1,10 @@
 """``minigpt5 plan``: memory per GPU of a run under each strategy, before renting the GPUs.
 
     minigpt5 plan -c configs/uas.yaml -c configs/model/paper.yaml --trainer.devices=8 --data.batch_size=2
+    minigpt5 plan --inference -c configs/uas.yaml -c configs/mls.yaml -c configs/model/paper.yaml
+
+``--inference`` prints the GPU memory of generation instead, for each loading choice (bf16,
+8-bit or 4-bit LLM, offloading): :mod:`lit_models.inference_plan`.
 
 Takes the same ``-c`` files and flags as ``fit``, builds the model on the meta device
 (no weights, no download: the paper's models come from their shipped architecture
@@ -38,6 +42,7 @@ from typing import Any, Optional
 
 import torch
 
+from lit_models.inference_plan import format_inference_plan
 from lit_models.lightning_cli import dataclass_from, fit_config
 from lit_models.strategies import sharding_unit_classes, unit_parameters
 from minigpt5.config import ConfigError, MiniGPT5Config
@@ -236,6 +241,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__)
+        return 0
+    if "--inference" in args:
+        args.remove("--inference")
+        print(format_inference_plan(read_settings(args).model))
         return 0
     print(format_plan(make_plan(read_settings(args))))
     return 0

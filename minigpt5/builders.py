@@ -13,6 +13,7 @@ with the vokens placed after the configured vocabulary).
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -181,13 +182,27 @@ def build_sd_tokenizer(cfg: DiffusionConfig, empty: bool = False) -> PreTrainedT
 
 # ---- models ----
 
-def build_llm(cfg: LLMConfig, vocab_size: int, empty: bool = False) -> PreTrainedModel:
+def build_llm(cfg: LLMConfig, vocab_size: int, empty: bool = False, quantization: Any = None) -> PreTrainedModel:
+    """The LLM; ``quantization``: a transformers quantization config it is loaded under
+    (:func:`minigpt5.inference.quantization_config`)."""
     if cfg.path is not None and empty:
         return AutoModelForCausalLM.from_config(llm_config(cfg, empty=True), dtype=_dtype(cfg.torch_dtype))
     if cfg.path is not None:
+        extra = {"quantization_config": quantization} if quantization is not None else {}
         return load_pretrained(
-            "LLM", cfg.path, AutoModelForCausalLM.from_pretrained, dtype=_dtype(cfg.torch_dtype)
+            "LLM", cfg.path, AutoModelForCausalLM.from_pretrained, dtype=_dtype(cfg.torch_dtype), **extra
         )
+    llm = tiny_llm(cfg, vocab_size)
+    if quantization is None:
+        return llm
+    # transformers quantizes while it loads: the seeded tiny LLM goes through a folder, as a real one would.
+    with tempfile.TemporaryDirectory() as folder:
+        llm.save_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=llm.dtype, quantization_config=quantization)
+
+
+def tiny_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
+    """A small random Llama of ``cfg``'s sizes (from the global RNG: :func:`build_components` seeds it)."""
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -347,17 +362,18 @@ def build_diffusion(
     return text_encoder, unet, latents, scheduler
 
 
-def build_components(cfg: MiniGPT5Config, empty: bool = False) -> Components:
+def build_components(cfg: MiniGPT5Config, empty: bool = False, quantization: Any = None) -> Components:
     """All parts for ``cfg``; tiny parts use a fixed seed and leave the global RNG as it was.
 
     ``empty``: loaded parts are built from their architecture configs, no weights read
-    (meant for ``torch.device("meta")``; see the module docstring).
+    (meant for ``torch.device("meta")``; see the module docstring). ``quantization``: the
+    LLM's transformers quantization config, if any.
     """
     tokenizer, voken_ids = build_llm_tokenizer(cfg, empty)
     sd_tokenizer = build_sd_tokenizer(cfg.diffusion, empty)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        llm = build_llm(cfg.llm, vocab_size=voken_ids[0], empty=empty)
+        llm = build_llm(cfg.llm, vocab_size=voken_ids[0], empty=empty, quantization=quantization)
         text_encoder, unet, latents, scheduler = build_diffusion(cfg.diffusion, len(sd_tokenizer), empty)
         vision = VisionTower(cfg.vision, empty) if cfg.vision.kind != "none" else None
     return Components(llm, tokenizer, voken_ids, text_encoder, sd_tokenizer, unet, latents, scheduler, vision)

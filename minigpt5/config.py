@@ -9,6 +9,7 @@ from that local folder or hub id instead of being built from the tiny sizes.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args
 
@@ -277,3 +278,20 @@ def model_differences(saved: Any, current: "MiniGPT5Config") -> list[str]:
         if old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changed
+
+
+def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
+    """``cls`` (a dataclass, nested ones included) from a dict of its fields."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            value = values[f.name]
+            kwargs[f.name] = dataclass_from(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else value
+    return cls(**kwargs)
+
+
+def stage_of(cfg: MiniGPT5Config) -> int:
+    """The training stage a config describes: 2 (MLS) with an LLM adapter or a vision tower for
+    context images, else 1 (UAS: vokens and mapper only)."""
+    return 2 if cfg.peft.method != "none" or cfg.vision.kind != "none" else 1

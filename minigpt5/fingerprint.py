@@ -14,10 +14,13 @@ loaded in bfloat16 still matches) but not for retrained or different weights.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from minigpt5.config import MiniGPT5Config
 
 CHECKPOINT_KEY = "frozen_fingerprint"  # where a training checkpoint keeps them
 SAMPLES_PER_TENSOR = 4
@@ -29,17 +32,29 @@ class FrozenPartsChanged(ValueError):
     """A checkpoint was trained against other frozen weights than the ones loaded now."""
 
 
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds quantized weights (an integer dtype, or a quantization library's
+    tensor subclass): its values are not the full-precision ones a fingerprint compares."""
+    return type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.dtype in (torch.int8, torch.uint8)
+
+
 def fingerprint(module: nn.Module) -> Optional[torch.Tensor]:
     """Float32 values sampled from every parameter and buffer of ``module`` (in name order);
     None where any tensor has no values (meta device, or partitioned across ranks)."""
     samples = []
     for _, tensor in sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0]):
-        if tensor.is_meta or tensor.numel() == 0:
+        if tensor.is_meta or tensor.numel() == 0 or is_quantized(tensor):
             return None
         flat = tensor.detach().reshape(-1)
         index = torch.linspace(0, flat.numel() - 1, min(SAMPLES_PER_TENSOR, flat.numel())).long()
         samples.append(flat[index.to(flat.device)].float().cpu())
     return torch.cat(samples) if samples else torch.zeros(0)
+
+
+def part_paths(cfg: "MiniGPT5Config") -> dict[str, Optional[str]]:
+    """Where each fingerprinted part is loaded from (None: built tiny from the seed), for error messages."""
+    return {"llm": cfg.llm.path, "text_encoder": cfg.diffusion.path, "unet": cfg.diffusion.path,
+            "latents": cfg.diffusion.path, "vision": cfg.vision.path, "input_projection": cfg.vision.projection_path}
 
 
 def fingerprints(parts: dict[str, Optional[nn.Module]]) -> dict[str, torch.Tensor]:

@@ -151,8 +151,8 @@ def encode_prompt(
     images = list(images or [])
     check_image_markers(prompt, len(images))
     pieces = prompt.split(IMAGE_MARKER)
-    if images and model.vision is None:
-        raise ValueError("input images need a vision tower, but this model has none (vision.kind is none)")
+    if images:
+        model.require_vision(f"{len(images)} input image(s) given")
     forbidden = {model.image_token_id, *model.voken_ids}
     for piece in pieces:
         if piece and forbidden & set(model.tokenizer(piece, add_special_tokens=False).input_ids):

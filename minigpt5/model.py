@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 from torch import nn
 
 from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
-from minigpt5.config import LossConfig, MiniGPT5Config
+from minigpt5.config import LossConfig, MiniGPT5Config, stage_of
 from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
 from minigpt5.losses import cap_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
+from minigpt5.offload import Device, Offloader
+from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
 from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
@@ -82,8 +85,11 @@ def check_cached_shape(key: str, values: torch.Tensor, expected: tuple[int, ...]
         raise ValueError(f"cached {key} have shape {tuple(values.shape[1:])} per {per}; {needs} needs {expected}")
 
 
-class MiniGPT5(nn.Module):
+class MiniGPT5(PretrainedMixin, nn.Module):
     """LLM + voken rows + feature mapper + frozen SD parts.
+
+    ``save_pretrained(folder)`` / ``MiniGPT5.from_pretrained(folder_or_hub_id)`` write and read one
+    model folder (:mod:`minigpt5.pretrained`).
 
     Batch keys read by :meth:`forward`:
       input_ids, attention_mask, labels: (B, T) — labels -100 where no text loss;
@@ -138,6 +144,7 @@ class MiniGPT5(nn.Module):
         # diffusers' ``.dtype`` walks every submodule; the UNet's dtype is fixed by the config.
         self.unet_dtype = getattr(torch, cfg.diffusion.torch_dtype)
         self._null_caption: Optional[torch.Tensor] = None  # SD embedding of "", computed once
+        self.offloader: Optional[Offloader] = None  # set by enable_offload
         self.mark_trainable()
         self.apply_activation_checkpointing()
 
@@ -154,6 +161,37 @@ class MiniGPT5(nn.Module):
         without memory or weights (the paper's models from their shipped configs)."""
         with torch.device("meta"):
             return cls(cfg, build_components(cfg, empty=True))
+
+    @property
+    def stage(self) -> int:
+        """1 (UAS) or 2 (MLS), as the config describes (:func:`minigpt5.config.stage_of`)."""
+        return stage_of(self.cfg)
+
+    def require_vision(self, what: str) -> None:
+        """Raise naming ``what`` when this model has no vision tower (a stage-1 model)."""
+        if self.vision is None:
+            raise ValueError(
+                f"{what}: context images are a stage-2 feature, and this is a stage-{self.stage} model without a "
+                "vision tower (vision.kind none); use a stage-2 (MLS) model, or leave the images out"
+            )
+
+    # ---- offloading ----
+
+    def offloadable_parts(self) -> dict[str, nn.Module]:
+        """The parts generation uses only now and then: SD's text encoder, UNet and latent space, the vision tower."""
+        parts = {"text_encoder": self.text_encoder, "unet": self.unet, "latents": self.latents}
+        return {**parts, "vision": self.vision} if self.vision is not None else parts
+
+    def enable_offload(self, storage: Device = "cpu") -> Offloader:
+        """Keep :meth:`offloadable_parts` on ``storage`` between uses (call after moving the model to its device)."""
+        self.offloader = Offloader(self.offloadable_parts(), storage)
+        return self.offloader
+
+    def using(self, *parts: nn.Module) -> ContextManager[None]:
+        """Run the body with ``parts`` on the execution device (the mapper's), where they are offloaded."""
+        if self.offloader is None:
+            return nullcontext()
+        return self.offloader.using(parts, self.mapper.queries.device)
 
     # ---- what trains ----
 
@@ -211,12 +249,11 @@ class MiniGPT5(nn.Module):
         """The vision tower's tokens (M, k, Dv) of input images (M, 3, S, S), mirrored as
         ``augment.hflip`` draws in training; gradients reach the tower only where it trains
         (``minigpt5 pretrain-vision``)."""
-        if self.vision is None:
-            raise ValueError("the batch has input images but vision.kind is none")
+        self.require_vision("the batch has input images")
         # Context-image flips come from the global RNG, which training seeds per micro-batch.
         flips = self.training_flips(input_pixels.shape[0], None, input_pixels.device)
         tower_trains = any(p.requires_grad for p in self.vision.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains), self.using(self.vision):
             return self.vision(flip_where(input_pixels, flips))
 
     def embed_inputs(
@@ -233,8 +270,9 @@ class MiniGPT5(nn.Module):
                 embeds = embeds + zero_through(self.input_projection)
             return embeds
         if image_tokens is None:
-            if input_pixels is None or self.vision is None:
-                raise ValueError("the batch has image placeholders but no input_pixels (or vision.kind is none)")
+            self.require_vision("the batch has image placeholders")
+            if input_pixels is None:
+                raise ValueError("the batch has image placeholders but no input_pixels")
             image_tokens = self.read_images(input_pixels)  # (M, k, Dv)
         features = self.input_projection(image_tokens.to(self.input_projection.weight.dtype))  # (M, k, D)
         if features.shape[0] * features.shape[1] != int(is_image.sum()):
@@ -379,7 +417,8 @@ class MiniGPT5(nn.Module):
     @torch.no_grad()
     def encode_captions(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """SD text-encoder output (N, L, C) for caption ids (N, L)."""
-        return self.text_encoder(caption_ids)[0].float()
+        with self.using(self.text_encoder):
+            return self.text_encoder(caption_ids)[0].float()
 
     @torch.no_grad()
     def caption_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -496,13 +535,14 @@ class MiniGPT5(nn.Module):
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
         scheduler = build_sampler(sampler or g.sampler, self.scheduler.config)
-        latents = sample_latents(
-            self.denoise, scheduler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),
-            scale=g.scale if scale is None else scale,
-            num_inference_steps=num_inference_steps or g.num_inference_steps,
-            generator=generator,
-        )
-        return self.latents.decode(latents).float().clamp(-1, 1)
+        with self.using(self.unet, self.latents):
+            latents = sample_latents(
+                self.denoise, scheduler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),
+                scale=g.scale if scale is None else scale,
+                num_inference_steps=num_inference_steps or g.num_inference_steps,
+                generator=generator,
+            )
+            return self.latents.decode(latents).float().clamp(-1, 1)
 
     @torch.no_grad()
     def generate_images(

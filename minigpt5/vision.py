@@ -66,7 +66,7 @@ class VisionTower(nn.Module):
         dtype = getattr(torch, cfg.torch_dtype)
         model_class = CLIPVisionModel if cfg.kind == "clip" else Blip2ForImageTextRetrieval
         if cfg.path is None:
-            model = model_class(tiny_tower_config(cfg))
+            model = model_class(tiny_tower_config(cfg)).to(dtype)
         elif empty:
             source = architecture_source(cfg.path)
             model = model_class(load_pretrained("vision tower config", source, AutoConfig.from_pretrained)).to(dtype)
