@@ -239,7 +239,7 @@ def format_plan(plan: Plan) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["-h"], ["--help"]):
+    if {"-h", "--help"} & set(args):  # the fit flags it takes: `minigpt5 fit -c ... --help`
         print(__doc__)
         return 0
     if "--inference" in args:

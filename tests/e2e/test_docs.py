@@ -120,12 +120,16 @@ def problems_in(text: str) -> list[str]:
             continue
         if len(names) > 1 or (tokens[0] == "data" and (len(tokens) < 2 or "|" in tokens[1])):
             continue  # a usage line listing alternatives
+        command = cli.COMMANDS[names[0]]
         argv = help_argv(tokens)
-        shown = help_text(argv)
-        data = data_options([argv[i + 1] for i, t in enumerate(argv) if t == "-c"]) if argv[0] != "data" else set()
+        configs = [argv[i + 1] for i, t in enumerate(argv) if t == "-c"]
+        shown = help_text(argv[:1] if command.fit_config else argv)
+        if command.fit_config:  # plan takes fit's -c files and flags as well as its own
+            shown += help_text(("fit", *(w for c in configs for w in ("-c", c))))
+        data = data_options(configs) if command.lightning or command.fit_config else set()
 
         def known(flag: str) -> bool:
-            if flag.startswith("--data.") and cli.COMMANDS[names[0]].lightning:
+            if flag.startswith("--data.") and data:
                 return ".".join(flag.split(".")[:2]) in data
             return flag in shown
         flags = {m.group(1) for t in tokens[1:] if (m := FLAG.match(t))} - {"--help"}
@@ -148,9 +152,10 @@ minigpt5 eval --ckpt last.ckpt --no-such-flag 3
 minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml --data.length_grouping=4 \\
     --data.no_such_option=1
 make no-such-target
+minigpt5 plan --inference -c configs/uas.yaml --trainer.devices=8 --trainer.no_such=1
 ```
 Run `minigpt5 no-such-command --help` or `minigpt5 data vist --no-such-option`.
 """
     assert [p.split(" (")[0] for p in problems_in(page)] == [
-        "flag --no-such-flag", "flag --data.no_such_option", "make target 'no-such-target'",
+        "flag --no-such-flag", "flag --data.no_such_option", "make target 'no-such-target'", "flag --trainer.no_such",
         "command 'no-such-command'", "flag --no-such-option"]
