@@ -1,0 +1,148 @@
+"""The chat as a person uses it: headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by Selenium) opens the app served on this machine by a tiny random model, asks for a
+picture, types a message, sends it, waits for the reply, and finds the reply's text and the
+generated picture on the page. A screenshot of the page is saved (path printed; ``-s`` shows it).
+
+Skipped, saying what to install, without Chromium and its driver or without the chat extra;
+``MINIGPT5_REQUIRE_BROWSER=1`` (``.ci/run`` sets it) makes that a failure instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+import torch
+from PIL import Image
+
+from lit_models.chat import PAGE_NAME, ChatEngine, Exchange, chat_html
+from minigpt5.config import MiniGPT5Config, VisionConfig
+from minigpt5.decoding import resolve_decoding
+from minigpt5.model import MiniGPT5
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "outputs" / "chat_test" / "screenshot.png"
+WAIT = 45  # seconds the page may take for any one step (the reply itself takes well under one)
+PROMPT = "draw me a red circle"
+
+
+def unavailable(reason: str) -> None:
+    """Skip with ``reason``, or fail with it where the browser test must run (``.ci/run``)."""
+    if os.environ.get("MINIGPT5_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def readable(text: str) -> str:
+    """``text`` as a page shows it: control characters dropped, runs of whitespace as one space."""
+    return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator["object"]:
+    """Headless Chromium whose downloads go to ``tmp_path / "downloads"``."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        unavailable("the browser test needs Chromium and its driver: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.set_page_load_timeout(WAIT)
+        driver.set_script_timeout(WAIT)
+        driver.execute_cdp_cmd("Page.setDownloadBehavior",
+                               {"behavior": "allow", "downloadPath": str(tmp_path / "downloads")})
+        yield driver
+    finally:
+        driver.quit()  # ends Chromium and chromedriver
+
+
+@pytest.fixture
+def chat(tmp_path) -> Iterator[tuple[ChatEngine, str]]:
+    """The app on a free port of 127.0.0.1, in a thread of this process; closed after the test."""
+    try:
+        from lit_models.chat_app import build_app, serve
+    except ModuleNotFoundError as err:
+        if err.name != "gradio":
+            raise
+        unavailable("the browser test needs the chat extra: pip install -e '.[chat]'")
+    torch.manual_seed(0)
+    model = MiniGPT5(MiniGPT5Config(vision=VisionConfig(kind="clip")))
+    engine = ChatEngine(model, resolve_decoding("official", max_new_tokens=12, num_inference_steps=2))
+    app = build_app(engine, tmp_path / "pages")
+    try:
+        yield engine, serve(app, "127.0.0.1", free_port(), block=False)
+    finally:
+        app.close()
+
+
+def reply_on_page(driver) -> Optional[tuple[list[str], list["object"]]]:
+    """The reply's text bubbles and its loaded pictures, once both are on the page (else None)."""
+    from selenium.webdriver.common.by import By
+
+    bubbles = driver.find_elements(By.CSS_SELECTOR, "#conversation [data-testid=bot]")
+    pictures = [im for b in bubbles for im in b.find_elements(By.TAG_NAME, "img")
+                if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im)]
+    texts = [b.text for b in bubbles if not b.find_elements(By.TAG_NAME, "img") and b.text.strip()]
+    return (texts, pictures) if texts and pictures else None
+
+
+def test_a_person_asks_for_a_picture_and_sees_the_reply(browser, chat, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    engine, url = chat
+    downloads = tmp_path / "downloads"
+    wait = WebDriverWait(browser, WAIT)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.get(url)
+    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    browser.find_element(By.XPATH, "//*[@id='draw']//label[contains(., 'draw an image')]").click()
+    box.send_keys(PROMPT)
+    box.send_keys(Keys.ENTER)
+    try:
+        texts, pictures = wait.until(reply_on_page)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#download").is_enabled())
+    finally:
+        browser.save_screenshot(str(SCREENSHOT))
+        print(f"screenshot: {SCREENSHOT}")
+
+    # What the engine writes for this message under the page's default settings and "draw an image".
+    expected = engine.reply([], PROMPT, options=dataclasses.replace(engine.defaults, draw="draw")).reply
+    assert expected.images and expected.text
+    assert PROMPT in browser.find_element(By.CSS_SELECTOR, "#conversation [data-testid=user]").text
+    assert readable(" ".join(texts)) == readable(expected.text)
+    assert len(pictures) == len(expected.images)
+    source = pictures[0].get_attribute("src")
+    assert source.startswith(url.rstrip("/"))  # served by the app itself
+    with urllib.request.urlopen(source, timeout=WAIT) as response:
+        shown = Image.open(io.BytesIO(response.read())).convert("RGB")
+    assert shown.tobytes() == expected.images[0].tobytes()  # the generated picture, pixel for pixel
+
+    # "Download as HTML" saves the page chat_html writes for this conversation.
+    browser.find_element(By.CSS_SELECTOR, "#download").click()
+    saved = downloads / PAGE_NAME
+    wait.until(lambda d: saved.is_file() and not list(downloads.glob("*.crdownload")))
+    assert saved.read_text(encoding="utf-8") == chat_html([Exchange(PROMPT, [], expected)])
