@@ -9,6 +9,7 @@ gives the page :func:`lit_models.chat.chat_html` writes.
 
 from __future__ import annotations
 
+import html
 import os
 import tempfile
 from pathlib import Path
@@ -32,18 +33,23 @@ def _image(image: Image.Image, label: str) -> gr.Image:
     return gr.Image(value=image, label=label, show_label=False, type="pil", format="png", height=256)
 
 
+def _text(text: str) -> str:
+    """Text shown as written: the Chatbot reads messages as HTML (``<s>`` would strike the rest through)."""
+    return html.escape(text, quote=False)
+
+
 def chat_messages(history: list[Exchange]) -> list[dict[str, Any]]:
     """The conversation as Chatbot messages: the user's text and images, then the reply's text
     and images in the order they were written."""
     messages: list[dict[str, Any]] = []
     for turn, exchange in enumerate(history, start=1):
-        user: list[Any] = [exchange.text] if exchange.text.strip() else []
+        user: list[Any] = [_text(exchange.text)] if exchange.text.strip() else []
         user += [_image(im, f"attached image {i}") for i, im in enumerate(exchange.images, start=1)]
         messages.append({"role": "user", "content": user})
         reply: list[Any] = []
         images = iter(range(1, len(exchange.reply.images) + 1))
         for segment in exchange.reply.segments:
-            reply.append(segment if isinstance(segment, str) else _image(segment, f"turn {turn}, image {next(images)}"))
+            reply.append(_text(segment) if isinstance(segment, str) else _image(segment, f"turn {turn}, image {next(images)}"))
         messages.append({"role": "assistant", "content": reply or ["(no reply: the model ended the turn at once)"]})
     return messages
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_models.chat import PAGE_NAME, ChatEngine, Exchange, chat_html
+from lit_models.chat import PAGE_NAME, ChatEngine, chat_html
 from minigpt5.config import MiniGPT5Config, VisionConfig
 from minigpt5.decoding import resolve_decoding
 from minigpt5.model import MiniGPT5
@@ -33,6 +33,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "outputs" / "chat_test" / "screenshot.png"
 WAIT = 45  # seconds the page may take for any one step (the reply itself takes well under one)
 PROMPT = "draw me a red circle"
+FOLLOW_UP = "now make it blue"
 
 
 def unavailable(reason: str) -> None:
@@ -96,20 +97,31 @@ def chat(tmp_path) -> Iterator[tuple[ChatEngine, str]]:
         app.close()
 
 
-def reply_on_page(driver) -> Optional[tuple[list[str], list["object"]]]:
-    """The reply's text bubbles and its loaded pictures, once both are on the page (else None)."""
+def reply_on_page(driver, first: int = 0) -> Optional[tuple[list[str], list["object"]]]:
+    """The text bubbles and loaded pictures of the model's messages from bubble ``first`` on
+    (each text or picture is a bubble), once there are both (else None)."""
     from selenium.webdriver.common.by import By
 
-    bubbles = driver.find_elements(By.CSS_SELECTOR, "#conversation [data-testid=bot]")
+    bubbles = driver.find_elements(By.CSS_SELECTOR, "#conversation [data-testid=bot]")[first:]
     pictures = [im for b in bubbles for im in b.find_elements(By.TAG_NAME, "img")
                 if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im)]
     texts = [b.text for b in bubbles if not b.find_elements(By.TAG_NAME, "img") and b.text.strip()]
     return (texts, pictures) if texts and pictures else None
 
 
-def test_a_person_asks_for_a_picture_and_sees_the_reply(browser, chat, tmp_path):
+def send(driver, wait, message: str) -> None:
+    """Type ``message`` into the message box and press Enter, as a person does."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+
+    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    box.send_keys(message)
+    box.send_keys(Keys.ENTER)
+
+
+def test_a_person_asks_for_pictures_and_sees_the_replies(browser, chat, tmp_path):
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -118,10 +130,9 @@ def test_a_person_asks_for_a_picture_and_sees_the_reply(browser, chat, tmp_path)
     wait = WebDriverWait(browser, WAIT)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.get(url)
-    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
     browser.find_element(By.XPATH, "//*[@id='draw']//label[contains(., 'draw an image')]").click()
-    box.send_keys(PROMPT)
-    box.send_keys(Keys.ENTER)
+    send(browser, wait, PROMPT)
     try:
         texts, pictures = wait.until(reply_on_page)
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#download").is_enabled())
@@ -130,19 +141,34 @@ def test_a_person_asks_for_a_picture_and_sees_the_reply(browser, chat, tmp_path)
         print(f"screenshot: {SCREENSHOT}")
 
     # What the engine writes for this message under the page's default settings and "draw an image".
-    expected = engine.reply([], PROMPT, options=dataclasses.replace(engine.defaults, draw="draw")).reply
-    assert expected.images and expected.text
+    options = dataclasses.replace(engine.defaults, draw="draw")
+    first = engine.reply([], PROMPT, options=options)
+    assert first.reply.images and first.reply.text
     assert PROMPT in browser.find_element(By.CSS_SELECTOR, "#conversation [data-testid=user]").text
-    assert readable(" ".join(texts)) == readable(expected.text)
-    assert len(pictures) == len(expected.images)
+    assert readable(" ".join(texts)) == readable(first.reply.text)
+    assert len(pictures) == len(first.reply.images)
     source = pictures[0].get_attribute("src")
     assert source.startswith(url.rstrip("/"))  # served by the app itself
     with urllib.request.urlopen(source, timeout=WAIT) as response:
         shown = Image.open(io.BytesIO(response.read())).convert("RGB")
-    assert shown.tobytes() == expected.images[0].tobytes()  # the generated picture, pixel for pixel
+    assert shown.tobytes() == first.reply.images[0].tobytes()  # the generated picture, pixel for pixel
+
+    # The next message is answered after the first exchange, its picture included.
+    send(browser, wait, FOLLOW_UP)
+    texts, _ = wait.until(lambda d: reply_on_page(d, first=len(first.reply.segments)))
+    browser.save_screenshot(str(SCREENSHOT))  # the whole conversation
+    second = engine.reply([first], FOLLOW_UP, options=options)
+    assert readable(" ".join(texts)) == readable(second.reply.text)
+    prompt = second.reply.sequence_ids[: second.reply.prompt_length]
+    assert prompt.count(engine.model.image_token_id) == engine.model.vision.num_tokens  # the first picture, read
 
     # "Download as HTML" saves the page chat_html writes for this conversation.
     browser.find_element(By.CSS_SELECTOR, "#download").click()
     saved = downloads / PAGE_NAME
     wait.until(lambda d: saved.is_file() and not list(downloads.glob("*.crdownload")))
-    assert saved.read_text(encoding="utf-8") == chat_html([Exchange(PROMPT, [], expected)])
+    assert saved.read_text(encoding="utf-8") == chat_html([first, second])
+
+    # "New conversation" empties the page (and the context).
+    browser.find_element(By.CSS_SELECTOR, "#new").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#conversation [data-testid=bot]"))
+    wait.until(lambda d: not d.find_element(By.CSS_SELECTOR, "#download").is_enabled())
