@@ -36,3 +36,14 @@ def test_messages_keep_the_written_order_and_show_text_as_written():
     shown = gr.Chatbot().postprocess(messages).root  # what the page receives
     assert [m.role for m in shown] == ["user", "assistant", "user", "assistant"]
     assert all(c.value["path"].endswith(".png") for c in shown[1].content if c.type == "component")
+
+
+def test_minigpt5_chat_serves_on_this_machine_unless_shared(monkeypatch):
+    from lit_models import chat_app, chat_cli
+
+    served = []
+    monkeypatch.setattr(chat_app, "serve", lambda app, host, port, share: served.append((app, host, port, share)))
+    assert chat_cli.main(["--tiny", "--port", "7999", "--max-new-tokens", "5"]) == 0
+    app, host, port, share = served[0]
+    assert isinstance(app, gr.Blocks) and (host, port, share) == ("127.0.0.1", 7999, False)
+    assert chat_cli.main(["--tiny", "--share"]) == 0 and served[1][3] is True
