@@ -54,6 +54,13 @@ def readable(text: str) -> str:
     return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_here(monkeypatch) -> None:
+    """Requests to 127.0.0.1 (Gradio's start-up check, chromedriver, the picture's URL) bypass any proxy."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
+
+
 @pytest.fixture
 def browser(tmp_path) -> Iterator["object"]:
     """Headless Chromium whose downloads go to ``tmp_path / "downloads"``."""
