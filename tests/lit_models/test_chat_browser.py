@@ -33,7 +33,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "outputs" / "chat_test" / "screenshot.png"
 WAIT = 45  # seconds the page may take for any one step (the reply itself takes well under one)
 PROMPT = "draw me a red circle"
-FOLLOW_UP = "now make it blue"
+FOLLOW_UP = "now make it blue like this"
 
 
 def unavailable(reason: str) -> None:
@@ -116,13 +116,17 @@ def reply_on_page(driver, first: int = 0) -> Optional[tuple[list[str], list["obj
     return (texts, pictures) if texts and pictures else None
 
 
-def send(driver, wait, message: str) -> None:
-    """Type ``message`` into the message box and press Enter, as a person does."""
+def send(driver, wait, message: str, attachment: Optional[Path] = None) -> None:
+    """Attach ``attachment`` (the message box's file input, as the clip button opens), type
+    ``message`` and press Enter, as a person does."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
 
     box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    if attachment is not None:
+        driver.find_element(By.CSS_SELECTOR, "#message input[type=file]").send_keys(str(attachment))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#message img"))  # uploaded: its thumbnail shows
     box.send_keys(message)
     box.send_keys(Keys.ENTER)
 
@@ -161,13 +165,17 @@ def test_a_person_asks_for_pictures_and_sees_the_replies(browser, chat, tmp_path
     assert shown.tobytes() == first.reply.images[0].tobytes()  # the generated picture, pixel for pixel
 
     # The next message is answered after the first exchange, its picture included.
-    send(browser, wait, FOLLOW_UP)
+    # The next message, with a picture attached, is answered after the first exchange.
+    attached = tmp_path / "square.png"
+    Image.new("RGB", (24, 24), (30, 60, 220)).save(attached)
+    send(browser, wait, FOLLOW_UP, attached)
     texts, _ = wait.until(lambda d: reply_on_page(d, first=len(first.reply.segments)))
-    browser.save_screenshot(str(SCREENSHOT))  # the whole conversation
-    second = engine.reply([first], FOLLOW_UP, options=options)
+    assert browser.find_elements(By.CSS_SELECTOR, "#conversation [data-testid=user] img")  # the attachment shows
+    second = engine.reply([first], FOLLOW_UP, [Image.open(attached).convert("RGB")], options)
     assert readable(" ".join(texts)) == readable(second.reply.text)
     prompt = second.reply.sequence_ids[: second.reply.prompt_length]
-    assert prompt.count(engine.model.image_token_id) == engine.model.vision.num_tokens  # the first picture, read
+    # Read as context: the first reply's picture and the attachment.
+    assert prompt.count(engine.model.image_token_id) == 2 * engine.model.vision.num_tokens
 
     # "Download as HTML" saves the page chat_html writes for this conversation.
     browser.find_element(By.CSS_SELECTOR, "#download").click()
