@@ -25,7 +25,8 @@ from lit_models.generate_cli import load_images  # noqa: E402
 from minigpt5.config import SAMPLER_NAMES  # noqa: E402
 
 # The tiny models draw 16-32 px pictures: shown large, pixels kept sharp.
-CSS = "#conversation img { min-width: 192px !important; min-height: 192px !important; object-fit: contain; image-rendering: pixelated; }"
+CSS = ("#conversation img { min-width: 192px !important; min-height: 192px !important; object-fit: contain;"
+       " image-rendering: pixelated; }")
 DRAW_CHOICES = [("model decides", "auto"), ("draw an image", "draw"), ("no image", "none")]
 
 
@@ -47,9 +48,10 @@ def chat_messages(history: list[Exchange]) -> list[dict[str, Any]]:
         user += [_image(im, f"attached image {i}") for i, im in enumerate(exchange.images, start=1)]
         messages.append({"role": "user", "content": user})
         reply: list[Any] = []
-        images = iter(range(1, len(exchange.reply.images) + 1))
+        numbers = iter(range(1, len(exchange.reply.images) + 1))
         for segment in exchange.reply.segments:
-            reply.append(_text(segment) if isinstance(segment, str) else _image(segment, f"turn {turn}, image {next(images)}"))
+            is_text = isinstance(segment, str)
+            reply.append(_text(segment) if is_text else _image(segment, f"turn {turn}, image {next(numbers)}"))
         messages.append({"role": "assistant", "content": reply or ["(no reply: the model ended the turn at once)"]})
     return messages
 

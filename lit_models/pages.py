@@ -1,5 +1,6 @@
-"""HTML pages of generated output: a story from ``minigpt5 generate``, and the synthetic
-world's scored examples from ``minigpt5 eval``. Self-contained (PNG data URIs).
+"""HTML pages of generated output: a story from ``minigpt5 generate``, a conversation from
+``minigpt5 chat``, and the synthetic world's scored examples from ``minigpt5 eval``.
+Self-contained (PNG data URIs).
 
 The model package computes; this module presents (it lives beside the CLIs that write files).
 """
@@ -98,8 +99,7 @@ def _request_html(text: str, images: list[Image.Image]) -> list[str]:
             parts.append(_img_html(next(inputs), f"input image {i}"))
         if piece:
             parts.append(_text_html(piece))
-    parts += [_img_html(image, "input image") for image in inputs]
-    return ['<div class="prompt">', *parts, "</div>"]
+    return parts + [_img_html(image, "input image") for image in inputs]
 
 
 def _generated_html(result: GenerationResult, names: list[str]) -> list[str]:
@@ -113,7 +113,7 @@ def _generated_html(result: GenerationResult, names: list[str]) -> list[str]:
 def story_html(result: GenerationResult) -> str:
     """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
     return _page("MiniGPT-5 story", [
-        "<h2>Prompt</h2>", *_request_html(result.prompt, result.input_images),
+        '<h2>Prompt</h2><div class="prompt">', *_request_html(result.prompt, result.input_images), "</div>",
         "<h2>Story</h2>", *_generated_html(result, image_names(result)),
     ])
 
@@ -124,7 +124,7 @@ def conversation_html(exchanges: list[tuple[str, list[Image.Image], GenerationRe
     body: list[str] = []
     for turn, (text, images, result) in enumerate(exchanges, start=1):
         names = [f"turn {turn}, image {i}" for i in range(1, len(result.images) + 1)]
-        body += [f"<h2>You ({turn})</h2>", *_request_html(text, images),
+        body += [f'<h2>You ({turn})</h2><div class="prompt">', *_request_html(text, images), "</div>",
                  f"<h2>MiniGPT-5 ({turn})</h2>", *_generated_html(result, names)]
     return _page("MiniGPT-5 chat", body)
 

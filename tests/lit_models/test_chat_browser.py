@@ -1,7 +1,10 @@
 """The chat as a person uses it: headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
-driven by Selenium) opens the app served on this machine by a tiny random model, asks for a
-picture, types a message, sends it, waits for the reply, and finds the reply's text and the
-generated picture on the page. A screenshot of the page is saved (path printed; ``-s`` shows it).
+driven by Selenium) opens the app served on this machine by a tiny random model, picks "draw
+an image", types a message and sends it, waits for the reply, and finds the reply's text and
+the generated picture on the page, both as the engine computes them for that message. Then a
+follow-up with an attached picture (answered after the first exchange), "Download as HTML"
+(the page chat_html writes) and "New conversation". A screenshot of the first reply is saved
+(path printed; ``-s`` shows it).
 
 Skipped, saying what to install, without Chromium and its driver or without the chat extra;
 ``MINIGPT5_REQUIRE_BROWSER=1`` (``.ci/run`` sets it) makes that a failure instead.
