@@ -1,4 +1,4 @@
-"""The chat page's view of a conversation (Gradio's Chatbot messages), without a browser."""
+"""The chat page's view of a conversation (Gradio's Chatbot messages) and how ``minigpt5 chat`` serves it, without a browser."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import types
 import pytest
 from PIL import Image
 
-gr = pytest.importorskip("gradio", reason="the chat page needs the chat extra: pip install -e '.[chat]'")
+from lit_models.chat import Exchange
 
-from lit_models.chat import Exchange  # noqa: E402
-from lit_models.chat_app import chat_messages  # noqa: E402
+
+@pytest.fixture
+def gr():
+    """Gradio, imported when a test here runs (not when the suite is collected)."""
+    return pytest.importorskip("gradio", reason="the chat page needs the chat extra: pip install -e '.[chat]'")
 
 
 def exchange(text: str, images: list[Image.Image], segments: list) -> Exchange:
@@ -18,7 +21,9 @@ def exchange(text: str, images: list[Image.Image], segments: list) -> Exchange:
     return Exchange(text, images, reply)
 
 
-def test_messages_keep_the_written_order_and_show_text_as_written():
+def test_messages_keep_the_written_order_and_show_text_as_written(gr):
+    from lit_models.chat_app import chat_messages
+
     red, blue, green = (Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green"))
     history = [exchange("look <b>here</b>", [red], [blue, "a <s> b & c", green]),
                exchange("", [red], [])]
@@ -38,7 +43,7 @@ def test_messages_keep_the_written_order_and_show_text_as_written():
     assert all(c.value["path"].endswith(".png") for c in shown[1].content if c.type == "component")
 
 
-def test_minigpt5_chat_serves_on_this_machine_unless_shared(monkeypatch):
+def test_minigpt5_chat_serves_on_this_machine_unless_shared(gr, monkeypatch):
     from lit_models import chat_app, chat_cli
 
     served = []
