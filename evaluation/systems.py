@@ -37,13 +37,13 @@ from PIL import Image
 from data_modules.interleaved import Context, InterleavedEncoder
 from data_modules.shards import SampleCounter
 from minigpt5.task_prompts import VIST_IMAGE_PROMPT
-from minigpt5.templates import Layout
 from evaluation.items import EvalItem
 from minigpt5.config import ConfigError, MiniGPT5Config
 from minigpt5.generate import GenerationConfig, GenerationResult, generate_from_ids, generation_settings
 from minigpt5.images import to_pil_images
 from minigpt5.model import MiniGPT5
 from minigpt5.sequences import tokenize_for_text_encoder
+from minigpt5.templates import Layout
 
 
 # How a VIST step's text is given to the model: in the official image-generation prompt, or bare.
@@ -75,8 +75,9 @@ def text_before_image(result: GenerationResult) -> str:
     return " ".join(s.strip() for s in segments if s.strip())
 
 
-
-def history_encoder(cfg: MiniGPT5Config, counter: SampleCounter, context: Context, max_new_tokens: int) -> InterleavedEncoder:
+def history_encoder(
+    cfg: MiniGPT5Config, counter: SampleCounter, context: Context, max_new_tokens: int
+) -> InterleavedEncoder:
     """An encoder of histories that leaves a response room after them: at most half of
     ``llm.max_length`` (or ``max_new_tokens``, if fewer) stays free, the oldest turns dropped
     first as training drops them."""
@@ -100,6 +101,7 @@ def response_prompt(
     encoded = encoder.encode_turn(history + [("", [])], len(history), layout)
     example = encoded["example"]
     return example.input_ids[: example.source_length], context_pixels(encoder, encoded)
+
 
 class MiniGPT5System:
     """MiniGPT-5 under a generation config (guidance, steps, sampling, seed), a context mode

@@ -1,4 +1,5 @@
-"""The chat page's view of a conversation (Gradio's Chatbot messages) and how ``minigpt5 chat`` serves it, without a browser."""
+"""The chat page's view of a conversation (Gradio's Chatbot messages) and how ``minigpt5 chat``
+serves it, without a browser."""
 
 from __future__ import annotations
 
