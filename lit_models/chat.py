@@ -25,7 +25,9 @@ from PIL import Image
 from data_modules.shards import SampleCounter
 from evaluation.systems import history_encoder, response_prompt
 from lit_models.pages import conversation_html
-from minigpt5.generate import GenerationConfig, GenerationResult, generate_from_ids, generation_settings
+from minigpt5.generate import (
+    GenerationConfig, GenerationResult, check_plain_text, generate_from_ids, generation_settings,
+)
 
 if TYPE_CHECKING:
     from minigpt5.model import MiniGPT5
@@ -102,6 +104,7 @@ class ChatEngine:
         images = list(images or [])
         if not text.strip() and not images:
             raise ValueError("write a message or attach an image")
+        check_plain_text(self.model, text)
         if images and not self.reads_images:
             raise ValueError("this model has no vision tower (e.g. a stage-1 checkpoint): it cannot read "
                              "attached images; send text only")

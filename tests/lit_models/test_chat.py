@@ -92,6 +92,8 @@ def test_the_same_seed_and_history_give_the_same_reply(engine):
 def test_bad_messages_are_refused_clearly(engine):
     with pytest.raises(ValueError, match="write a message or attach an image"):
         engine.reply([], "   ")
+    with pytest.raises(ValueError, match="may not contain the image placeholder or voken tokens"):
+        engine.reply([], "sneak in [IMG0] here")
     text_only = ChatEngine(MiniGPT5(MiniGPT5Config()), GenerationConfig(**FAST))  # no vision tower: stage 1
     with pytest.raises(ValueError, match="no vision tower"):
         text_only.reply([], "look", [red_square()])
