@@ -69,7 +69,10 @@ def browser(tmp_path) -> Iterator["object"]:
     """Headless Chromium whose downloads go to ``tmp_path / "downloads"``."""
     if not (CHROMIUM and CHROMEDRIVER):
         unavailable("the browser test needs Chromium and its driver: apt-get install chromium chromium-driver")
-    from selenium import webdriver
+    try:
+        from selenium import webdriver
+    except ImportError:
+        unavailable("the browser test needs selenium: pip install -e '.[test]'")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
