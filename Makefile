@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 DEMO := outputs/demo
 
-.PHONY: install demo reproduce test train-uas train-mls eval bench clean
+.PHONY: install demo chat reproduce test train-uas train-mls eval bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,chat]'  # chat: Gradio, for `make chat` and the suite's browser test
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,12 @@ demo: install
 	@echo "  held-out stories:   $(DEMO)/story/results.md and the page $(DEMO)/story/examples_minigpt5_g2.html"
 	@echo "  held-out dialogues: $(DEMO)/dialogue/results.md and $(DEMO)/dialogue/examples_minigpt5_g2.html"
 	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO)"
+
+# The demo's stage-2 model in the browser (http://127.0.0.1:7860; ARGS: more `minigpt5 chat` flags).
+CHAT_CKPT := $(DEMO)/mls/checkpoints/last.ckpt
+chat: install
+	@test -f $(CHAT_CKPT) || { echo "make chat: $(CHAT_CKPT) not found; run make demo first (it trains that model)"; exit 2; }
+	$(BIN)/minigpt5 chat --ckpt $(CHAT_CKPT) --decoding world $(ARGS)
 
 # The paper's questions in miniature (about 30-45 minutes on 2 cores): variants trained from the
 # demo's data and stand-ins, scored on the held-out splits -> outputs/reproduce/results.md.

@@ -38,11 +38,12 @@ from data_modules.interleaved import Context, InterleavedEncoder
 from data_modules.shards import SampleCounter
 from minigpt5.task_prompts import VIST_IMAGE_PROMPT
 from evaluation.items import EvalItem
-from minigpt5.config import ConfigError
+from minigpt5.config import ConfigError, MiniGPT5Config
 from minigpt5.generate import GenerationConfig, GenerationResult, generate_from_ids, generation_settings
 from minigpt5.images import to_pil_images
 from minigpt5.model import MiniGPT5
 from minigpt5.sequences import tokenize_for_text_encoder
+from minigpt5.templates import Layout
 
 
 # How a VIST step's text is given to the model: in the official image-generation prompt, or bare.
@@ -74,6 +75,34 @@ def text_before_image(result: GenerationResult) -> str:
     return " ".join(s.strip() for s in segments if s.strip())
 
 
+def history_encoder(
+    cfg: MiniGPT5Config, counter: SampleCounter, context: Context, max_new_tokens: int
+) -> InterleavedEncoder:
+    """An encoder of histories that leaves a response room after them: at most half of
+    ``llm.max_length`` (or ``max_new_tokens``, if fewer) stays free, the oldest turns dropped
+    first as training drops them."""
+    llm = cfg.llm
+    room = min(max_new_tokens, llm.max_length // 2)
+    history_cfg = dataclasses.replace(cfg, llm=dataclasses.replace(llm, max_length=llm.max_length - room + 1))
+    return InterleavedEncoder(history_cfg, counter, targets="all", context=context)
+
+
+def context_pixels(encoder: InterleavedEncoder, encoded: dict[str, Any]) -> Optional[torch.Tensor]:
+    """The tower-normalised context images (M, 3, S, S) of an encoded example, or None without any."""
+    return encoded["input_pixels"] if encoder.with_images and len(encoded["input_pixels"]) else None
+
+
+def response_prompt(
+    encoder: InterleavedEncoder, history: list[tuple[str, list[Image.Image]]], layout: Layout = "dialogue"
+) -> tuple[list[int], Optional[torch.Tensor]]:
+    """What a response to ``history`` (turns of text and images, oldest first; a dialogue's
+    speakers alternate from the user) is written after: the prompt ids, the response's turn
+    opened but not given, and the context images' pixels (M, 3, S, S) or None."""
+    encoded = encoder.encode_turn(history + [("", [])], len(history), layout)
+    example = encoded["example"]
+    return example.input_ids[: example.source_length], context_pixels(encoder, encoded)
+
+
 class MiniGPT5System:
     """MiniGPT-5 under a generation config (guidance, steps, sampling, seed), a context mode
     and the prompt its target text is given in (``prompt``, with ``{text}``; e.g.
@@ -97,12 +126,7 @@ class MiniGPT5System:
         self.model, self.gen, self.context, self.prompt = model, gen, context, prompt
         self.counter = SampleCounter()
         self.encoder = InterleavedEncoder(model.cfg, self.counter, targets="all", context=context)
-        # A response needs room after the history: it keeps at most half of llm.max_length
-        # (or max_new_tokens, if fewer) free, dropping the oldest turns first as training does.
-        llm = model.cfg.llm
-        room = min(gen.max_new_tokens, llm.max_length // 2)
-        history_cfg = dataclasses.replace(model.cfg, llm=dataclasses.replace(llm, max_length=llm.max_length - room + 1))
-        self.history_encoder = InterleavedEncoder(history_cfg, self.counter, targets="all", context=context)
+        self.history_encoder = history_encoder(model.cfg, self.counter, context, gen.max_new_tokens)
 
     @property
     def settings(self) -> dict[str, object]:
@@ -146,7 +170,8 @@ class MiniGPT5System:
             ids = encoded["example"].input_ids
         ids = ids[: ids.index(self.encoder.voken_ids[0])]  # the target's [IMG0]: context images are placeholders
         cap = 1 if self.gen.max_images is None else min(self.gen.max_images, 1)
-        result = self._generate(item, ids, encoded, dataclasses.replace(self.gen, max_images=cap))
+        pixels = context_pixels(self.encoder, encoded)
+        result = self._generate(item, ids, pixels, dataclasses.replace(self.gen, max_images=cap))
         return result.text.strip(), result.images
 
     @torch.no_grad()
@@ -154,15 +179,14 @@ class MiniGPT5System:
         """A free response (text and generated images) after the item's history; ``until_image``:
         only the text before its first image (the official MMDialog scoring cuts it at ``[IMG0]``,
         metric.py:414; training puts a turn's text before its images)."""
-        encoded = self.history_encoder.encode_turn(item.context + [("", [])], len(item.context), item.layout)
-        example = encoded["example"]
-        ids = example.input_ids[: example.source_length]  # the response is written, not given
-        result = self._generate(item, ids, encoded, self.gen)
+        ids, pixels = response_prompt(self.history_encoder, item.context, item.layout)
+        result = self._generate(item, ids, pixels, self.gen)
         return (text_before_image(result) if until_image else result.text.strip()), result.images
 
-    def _generate(self, item: EvalItem, ids: list[int], encoded: dict[str, Any], gen: GenerationConfig) -> GenerationResult:
-        """Generate after ``ids``, with the context images of ``encoded``, seeded by the item."""
-        pixels = encoded["input_pixels"] if self.encoder.with_images and len(encoded["input_pixels"]) else None
+    def _generate(
+        self, item: EvalItem, ids: list[int], pixels: Optional[torch.Tensor], gen: GenerationConfig
+    ) -> GenerationResult:
+        """Generate after ``ids``, with the context images' ``pixels``, seeded by the item."""
         return generate_from_ids(self.model, ids, pixels, dataclasses.replace(gen, seed=item_seed(gen.seed, item)))
 
 

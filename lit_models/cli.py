@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
                     "shard converters"),
     "generate": Command("lit_models.generate_cli", 'generate --ckpt last.ckpt --prompt "..." --out DIR',
                         "an interleaved story (HTML, PNGs, JSON)"),
+    "chat": Command("lit_models.chat_cli", "chat --ckpt last.ckpt [--share]",
+                    "an interleaved chat in the browser (Gradio, the chat extra)"),
     "eval": Command("lit_models.eval_cli", "eval --ckpt last.ckpt --protocol cc3m|vist|mmdialog --shards ... --out DIR",
                     "the paper's protocols and systems, scored"),
     "plan": Command("lit_models.plan", "plan [--inference] -c configs/uas.yaml ... --trainer.devices=8",

@@ -1,5 +1,6 @@
-"""HTML pages of generated output: a story from ``minigpt5 generate``, and the synthetic
-world's scored examples from ``minigpt5 eval``. Self-contained (PNG data URIs).
+"""HTML pages of generated output: a story from ``minigpt5 generate``, a conversation from
+``minigpt5 chat``, and the synthetic world's scored examples from ``minigpt5 eval``.
+Self-contained (PNG data URIs).
 
 The model package computes; this module presents (it lives beside the CLIs that write files).
 """
@@ -77,29 +78,55 @@ def story_record(result: GenerationResult) -> dict[str, Any]:
     }
 
 
-def story_html(result: GenerationResult) -> str:
-    """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
-    prompt_parts: list[str] = []
-    inputs = iter(result.input_images)
-    for i, piece in enumerate(result.prompt.split(IMAGE_MARKER)):
-        if i > 0:
-            prompt_parts.append(_img_html(next(inputs), f"input image {i}"))
-        if piece:
-            prompt_parts.append(_text_html(piece))
-    story: list[str] = []
-    names = iter(image_names(result))
-    for segment in result.segments:
-        story.append(f"<p>{_text_html(segment)}</p>" if isinstance(segment, str) else _img_html(segment, next(names)))
-    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
+def _page(title: str, body: list[str], style: str = _STYLE) -> str:
+    """A self-contained HTML page around ``body``."""
     return "\n".join([
         "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"><title>MiniGPT-5 story</title>',
-        f"<style>{_STYLE}</style></head><body>",
-        '<h2>Prompt</h2><div class="prompt">', *prompt_parts, "</div>",
-        "<h2>Story</h2>", *story,
-        f"<footer>stopped at {html.escape(result.stopped)}; {html.escape(settings)}</footer>",
+        f'<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{style}</style></head><body>",
+        *body,
         "</body></html>",
     ])
+
+
+def _request_html(text: str, images: list[Image.Image]) -> list[str]:
+    """What the user gave: ``text`` with each ``<image>`` marker replaced by the next image, in
+    order; images without a marker follow the text."""
+    parts: list[str] = []
+    inputs = iter(images)
+    for i, piece in enumerate(text.split(IMAGE_MARKER)):
+        if i > 0:
+            parts.append(_img_html(next(inputs), f"input image {i}"))
+        if piece:
+            parts.append(_text_html(piece))
+    return parts + [_img_html(image, "input image") for image in inputs]
+
+
+def _generated_html(result: GenerationResult, names: list[str]) -> list[str]:
+    """The generated text and images in order (images captioned by ``names``), then the settings."""
+    images = iter(names)
+    parts = [f"<p>{_text_html(s)}</p>" if isinstance(s, str) else _img_html(s, next(images)) for s in result.segments]
+    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
+    return parts + [f"<footer>stopped at {html.escape(result.stopped)}; {html.escape(settings)}</footer>"]
+
+
+def story_html(result: GenerationResult) -> str:
+    """A self-contained HTML page: the prompt, then text and images in order (PNG data URIs)."""
+    return _page("MiniGPT-5 story", [
+        '<h2>Prompt</h2><div class="prompt">', *_request_html(result.prompt, result.input_images), "</div>",
+        "<h2>Story</h2>", *_generated_html(result, image_names(result)),
+    ])
+
+
+def conversation_html(exchanges: list[tuple[str, list[Image.Image], GenerationResult]]) -> str:
+    """A chat as one self-contained page, styled as :func:`story_html`: each exchange's message
+    (text and attached images), then the model's reply and its settings."""
+    body: list[str] = []
+    for turn, (text, images, result) in enumerate(exchanges, start=1):
+        names = [f"turn {turn}, image {i}" for i in range(1, len(result.images) + 1)]
+        body += [f'<h2>You ({turn})</h2><div class="prompt">', *_request_html(text, images), "</div>",
+                 f"<h2>MiniGPT-5 ({turn})</h2>", *_generated_html(result, names)]
+    return _page("MiniGPT-5 chat", body)
 
 
 def write_outputs(result: GenerationResult, out_dir: Union[str, Path]) -> OutputPaths:
@@ -139,14 +166,11 @@ def world_examples_html(title: str, examples: list[tuple[EvalItem, list[Image.Im
                  f"<br>colour {_mark(score.colour_right)}<br>shape {_mark(score.shape_right)}"
                  f"<br>coherent {_mark(score.coherent)}")
         rows.append(f"<tr><td>{context}</td><td>{written}</td><td>{expected}</td><td>{marks}</td></tr>")
-    return "\n".join([
-        "<!DOCTYPE html>",
-        f'<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
-        f"<style>{_STYLE}{_TABLE_STYLE}</style></head><body>",
+    return _page(title, [
         f"<h2>{html.escape(title)}</h2>", f'<div class="prompt">{_text_html(summary)}</div>',
         "<table><tr><th>context</th><th>the model wrote</th><th>the rules expect</th><th>scores</th></tr>",
-        *rows, "</table></body></html>",
-    ])
+        *rows, "</table>",
+    ], style=_STYLE + _TABLE_STYLE)
 
 
 _TABLE_STYLE = """

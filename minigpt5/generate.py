@@ -142,6 +142,17 @@ def check_image_markers(prompt: str, num_images: int) -> None:
         )
 
 
+def check_plain_text(model: "MiniGPT5", text: str) -> None:
+    """Raise if ``text`` holds the image placeholder or a voken token: read as such, it would
+    stand for an image that is not there (input images go where ``<image>`` markers are)."""
+    forbidden = {model.image_token_id, *model.voken_ids}
+    if text and forbidden & set(model.tokenizer(text, add_special_tokens=False).input_ids):
+        raise ValueError(
+            f"the text may not contain the image placeholder or voken tokens; images are given as images "
+            f"(in a prompt, {IMAGE_MARKER} marks where each goes) (got {text!r})"
+        )
+
+
 def encode_prompt(
     model: "MiniGPT5", prompt: str, images: Optional[list[Image.Image]] = None
 ) -> tuple[list[int], Optional[torch.Tensor]]:
@@ -153,13 +164,8 @@ def encode_prompt(
     pieces = prompt.split(IMAGE_MARKER)
     if images:
         model.require_vision(f"{len(images)} input image(s) given")
-    forbidden = {model.image_token_id, *model.voken_ids}
     for piece in pieces:
-        if piece and forbidden & set(model.tokenizer(piece, add_special_tokens=False).input_ids):
-            raise ValueError(
-                f"the prompt text may not contain the image placeholder or voken tokens; use {IMAGE_MARKER} "
-                f"for input images (got {piece!r})"
-            )
+        check_plain_text(model, piece)
     context = [Turn(piece, 1) for piece in pieces[:-1]] + [Turn(pieces[-1])]  # each <image> follows its text
     ids = model.template.source_ids(Conversation("story", Turn(""), context))
     if not images:
