@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Optional, Union
 
 from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
 from minigpt5.config import ConfigError, PeftSettings
+from minigpt5.families import default_lora_targets
+
+ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer of the model but its output layer
 
 
 def apply_adapter(llm: PreTrainedModel, cfg: PeftSettings) -> tuple[PreTrainedModel, set[str]]:
@@ -23,7 +27,7 @@ def apply_adapter(llm: PreTrainedModel, cfg: PeftSettings) -> tuple[PreTrainedMo
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
+            target_modules=lora_targets(llm, cfg.lora_target_modules),
         )
     elif cfg.method == "prefix":
         peft_config = PrefixTuningConfig(
@@ -38,6 +42,28 @@ def apply_adapter(llm: PreTrainedModel, cfg: PeftSettings) -> tuple[PreTrainedMo
     # PEFT leaves exactly the adapter's own parameters trainable.
     names = {name for name, p in wrapped.named_parameters() if p.requires_grad}
     return wrapped, names
+
+
+def lora_targets(llm: PreTrainedModel, names: Optional[tuple[str, ...]]) -> Union[list[str], str]:
+    """PEFT's ``target_modules`` for ``peft.lora_target_modules`` on ``llm``: the family's query and
+    value projections for None, PEFT's ``all-linear`` shorthand (every linear layer but the LM head),
+    or the names, each checked to end the name of a module of ``llm``."""
+    if names is None:
+        names = default_lora_targets(llm.config)
+    if ALL_LINEAR in names:
+        if len(names) > 1:
+            raise ConfigError(f"peft.lora_target_modules {list(names)}: {ALL_LINEAR} stands alone")
+        return ALL_LINEAR
+    modules = [name for name, _ in llm.named_modules()]
+    missing = [n for n in names if not any(m == n or m.endswith("." + n) for m in modules)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in llm.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"peft.lora_target_modules {list(names)}: this {llm.config.model_type} LLM has no module {missing}; "
+            f"its linear layers are {linear}. null means the family's query and value projections, "
+            f"[{ALL_LINEAR}] every linear layer"
+        )
+    return list(names)
 
 
 def base_model(llm: nn.Module) -> nn.Module:

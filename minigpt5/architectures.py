@@ -1,4 +1,5 @@
-"""Architecture configs of the paper's models, shipped so their sizes are known offline.
+"""Architecture configs of the paper's models and of one real LLM per tested family, shipped so
+their sizes are known offline (sources: ``architectures/README.md``).
 
 Each folder under ``architectures/`` holds the published ``config.json`` values (no
 weights) of one hub model, laid out as on the hub. They are only read when a model is
@@ -23,6 +24,13 @@ SHIPPED = {
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion-2-1-base",
     "Salesforce/blip2-itm-vit-g": "blip2-itm-vit-g",  # EVA ViT-g + Q-Former
     "Salesforce/blip2-flan-t5-xxl": "blip2-flan-t5-xxl",  # EVA ViT-g + Q-Former (+ T5-XXL, not built)
+    # one real model per tested LLM family (minigpt5/families.py, configs/model/*.yaml)
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct",
+    "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b-instruct",
+    "mistralai/Mistral-7B-Instruct-v0.3": "mistral-7b-instruct-v0.3",
+    "google/gemma-2-9b-it": "gemma-2-9b-it",
+    "microsoft/Phi-3-mini-4k-instruct": "phi-3-mini-4k-instruct",
+    "EleutherAI/pythia-6.9b": "pythia-6.9b",  # GPT-NeoX architecture
 }
 
 

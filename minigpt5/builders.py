@@ -28,14 +28,13 @@ from transformers import (
     AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from minigpt5.architectures import architecture_source
 from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.families import tiny_llm
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
 from minigpt5.randomness import Generators
 from minigpt5.tokenizer import build_tiny_tokenizer
@@ -201,24 +200,6 @@ def build_llm(cfg: LLMConfig, vocab_size: int, empty: bool = False, quantization
         return AutoModelForCausalLM.from_pretrained(folder, dtype=llm.dtype, quantization_config=quantization)
 
 
-def tiny_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
-    """A small random Llama of ``cfg``'s sizes (from the global RNG: :func:`build_components` seeds it)."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=max(cfg.max_length, 128),
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
-    return LlamaForCausalLM(config).to(_dtype(cfg.torch_dtype))
-
-
 def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DConditionModel:
     """~1M-parameter UNet: cross-attention only below full resolution and in the mid block."""
     n = len(cfg.unet_channels)
@@ -299,7 +280,7 @@ def text_encoder_name(cfg: MiniGPT5Config) -> str:
     d = cfg.diffusion
     if d.path is not None:
         return f"clip:{d.path}"
-    llm = cfg.llm.path or (f"tiny-llama:hidden={cfg.llm.hidden_size},layers={cfg.llm.num_layers},"
+    llm = cfg.llm.path or (f"tiny-{cfg.llm.family}:hidden={cfg.llm.hidden_size},layers={cfg.llm.num_layers},"
                            f"ff={cfg.llm.intermediate_size},heads={cfg.llm.num_heads}")
     return (f"tiny-clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
             f"seed={TINY_SEED},after {llm}")

@@ -30,12 +30,17 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
+# The LLM families built and tested tiny (minigpt5/families.py; docs/models.md), by transformers' model_type.
+LLMFamily = Literal["llama", "qwen2", "mistral", "gemma", "gemma2", "phi3", "gpt_neox"]
+LLM_FAMILIES: tuple[str, ...] = get_args(LLMFamily)
+
 
 @dataclass
 class LLMConfig:
     """The causal language model and its tokenizer."""
 
-    path: Optional[str] = None  # hub id or local folder; None builds a tiny random Llama
+    path: Optional[str] = None  # hub id or local folder (any causal LM; its family is its config's); None builds a tiny one
+    family: LLMFamily = "llama"  # tiny only: which transformers family the tiny LLM is built from
     hidden_size: int = 64  # tiny only
     num_layers: int = 2  # tiny only
     num_heads: int = 4  # tiny only
@@ -48,6 +53,7 @@ class LLMConfig:
         _check(self.max_length > 16, f"llm.max_length must be > 16, got {self.max_length}")
         _check(self.hidden_size % self.num_heads == 0, "llm.hidden_size must be divisible by llm.num_heads")
         _check_choice("llm.torch_dtype", self.torch_dtype, _DTYPES)
+        _check_choice("llm.family", self.family, LLM_FAMILIES)
 
 
 @dataclass
@@ -150,7 +156,9 @@ class PeftSettings:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # None: the family's attention query and value projections (the paper's q and v; minigpt5/families.py);
+    # [all-linear]: every linear layer of the decoder (PEFT's shorthand); else module names
+    lora_target_modules: Optional[tuple[str, ...]] = None
     num_virtual_tokens: int = 32  # prefix tuning
     prefix_projection: bool = False  # prefix tuning: prefixes through a 2-layer MLP (PEFT's prefix_projection)
     prefix_hidden_size: int = 1024  # prefix tuning with prefix_projection: the MLP's hidden width
@@ -160,7 +168,9 @@ class PeftSettings:
         _check(self.lora_r >= 1, f"peft.lora_r must be >= 1, got {self.lora_r}")
         _check(self.num_virtual_tokens >= 1 and self.prefix_hidden_size >= 1,
                "peft.num_virtual_tokens and peft.prefix_hidden_size must be >= 1")
-        self.lora_target_modules = tuple(self.lora_target_modules)
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = tuple(self.lora_target_modules)
+            _check(len(self.lora_target_modules) > 0, "peft.lora_target_modules must name a module, or be null")
 
 
 @dataclass
@@ -271,10 +281,13 @@ def model_differences(saved: Any, current: "MiniGPT5Config") -> list[str]:
     """The settings that make a checkpoint of ``saved`` (a config or its dict) meaningless
     for ``current``, as ``key: saved -> current``; harmless ones (above) are left out."""
     old, new = _flat(saved), _flat(current)
+    no_adapter = old.get("peft.method") == new.get("peft.method") == "none"
     changed = []
     for key in sorted(old.keys() & new.keys()):  # a setting one side lacks is older or newer than it
         if key.split(".")[0] in RESUMABLE_SECTIONS or key in RESUMABLE_KEYS:
             continue
+        if no_adapter and key.startswith("peft.") and key != "peft.method":
+            continue  # the adapter's settings mean nothing without one
         if old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changed

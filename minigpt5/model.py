@@ -14,6 +14,7 @@ from torch import nn
 from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config, stage_of
+from minigpt5.families import check_llm, logit_softcap
 from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
@@ -121,11 +122,13 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         self.sd_tokenizer = parts.sd_tokenizer
         self.voken_ids = parts.voken_ids
         self.scheduler = parts.scheduler
+        check_llm(parts.llm)
         self.vokens = VokenRows.mean_initialised(
             parts.voken_ids[0],
             cfg.vokens.num_vokens,
             parts.llm.get_input_embeddings().weight,
             parts.llm.get_output_embeddings().weight,
+            logit_softcap(parts.llm.config),
         )
         self.llm, self._adapter_names = apply_adapter(parts.llm, cfg.peft)
         hidden = parts.llm.config.hidden_size

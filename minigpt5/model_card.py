@@ -7,6 +7,7 @@ import json
 from typing import Any, Optional
 
 from minigpt5.config import MiniGPT5Config
+from minigpt5.families import FAMILIES
 
 STAGES = {1: "stage 1 (UAS: unimodal alignment on image-caption pairs)",
           2: "stage 2 (MLS: multimodal learning on interleaved stories and dialogues)"}
@@ -14,6 +15,10 @@ STAGES = {1: "stage 1 (UAS: unimodal alignment on image-caption pairs)",
 
 def _base(path: Optional[str], tiny: str) -> str:
     return f"`{path}`" if path else f"tiny random stand-in ({tiny}; rebuilt from the config's sizes and seed)"
+
+
+def _lora_targets(names: Optional[tuple[str, ...]]) -> str:
+    return ", ".join(names) if names else "the LLM family's query and value projections"
 
 
 def _value(value: Any) -> str:
@@ -50,7 +55,7 @@ def model_card(
         "`MiniGPT5.from_pretrained(folder)` or `minigpt5 generate --model FOLDER`; the frozen base models "
         "below are read from their paths or hub ids, never copied here.", "",
         "## Base models (frozen)", "",
-        f"- LLM: {_base(llm.path, f'Llama, {llm.hidden_size} wide, {llm.num_layers} layers')}, {llm.torch_dtype}",
+        f"- LLM: {_base(llm.path, f'{FAMILIES[llm.family].name}, {llm.hidden_size} wide, {llm.num_layers} layers')}, {llm.torch_dtype}",
         f"- Stable Diffusion: {_base(sd.path, f'UNet {list(sd.unet_channels)}, {sd.latent_space} space')}, "
         f"{sd.resolution}px, {sd.torch_dtype}",
         "- vision tower: " + ("none (stage 1 reads no context images)" if vision.kind == "none" else
@@ -62,7 +67,7 @@ def model_card(
         f"({cfg.mapper.num_encoder_layers}+{cfg.mapper.num_decoder_layers} layers, {cfg.mapper.num_queries} queries)"
         + (", the input projection" if vision.kind != "none" and vision.train_projection else "")
         + (f", a {cfg.peft.method} adapter on the LLM (PEFT layout: adapter_config.json, adapter_model.safetensors)"
-           + (f", r {cfg.peft.lora_r}, alpha {cfg.peft.lora_alpha} on {', '.join(cfg.peft.lora_target_modules)}"
+           + (f", r {cfg.peft.lora_r}, alpha {cfg.peft.lora_alpha} on {_lora_targets(cfg.peft.lora_target_modules)}"
               if cfg.peft.method == "lora" else "") if cfg.peft.method != "none" else ""),
         f"- prompt template: `{cfg.template.name}`" + (f", prompt {cfg.template.prompt!r}" if cfg.template.prompt else ""),
         f"- losses: text x{cfg.loss.text_weight:g}, LDM x{cfg.loss.ldm_weight:g}, CAP x{cfg.loss.cap_weight:g}; "

@@ -7,6 +7,8 @@ side), so optimizer state, weight decay and checkpoints see only these rows.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -44,18 +46,26 @@ def add_voken_tokens(tokenizer: PreTrainedTokenizerBase, cfg: VokenConfig, num_e
 class VokenRows(nn.Module):
     """The trainable input-embedding and LM-head rows of the vokens."""
 
-    def __init__(self, first_id: int, input_rows: torch.Tensor, output_rows: torch.Tensor) -> None:
+    def __init__(
+        self, first_id: int, input_rows: torch.Tensor, output_rows: torch.Tensor, softcap: Optional[float] = None
+    ) -> None:
+        """``softcap``: the LLM squashes its logits to ``softcap * tanh(logits / softcap)`` (Gemma 2);
+        the voken logits are squashed alike."""
         super().__init__()
         self.first_id = first_id
+        self.softcap = softcap
         self.input_rows = nn.Parameter(input_rows.detach().clone().float())  # (n, D)
         self.output_rows = nn.Parameter(output_rows.detach().clone().float())  # (n, D)
 
     @classmethod
-    def mean_initialised(cls, first_id: int, num_vokens: int, embedding: torch.Tensor, lm_head: torch.Tensor) -> "VokenRows":
+    def mean_initialised(
+        cls, first_id: int, num_vokens: int, embedding: torch.Tensor, lm_head: torch.Tensor,
+        softcap: Optional[float] = None,
+    ) -> "VokenRows":
         """New rows start at the mean of the existing input / output rows."""
         mean_in = embedding.detach().float().mean(0, keepdim=True).expand(num_vokens, -1)
         mean_out = lm_head.detach().float().mean(0, keepdim=True).expand(num_vokens, -1)
-        return cls(first_id, mean_in, mean_out)
+        return cls(first_id, mean_in, mean_out, softcap)
 
     @property
     def num_vokens(self) -> int:
@@ -78,4 +88,6 @@ class VokenRows(nn.Module):
         32k-vocabulary logit tensor would cost more than the whole voken head.
         """
         voken_logits = hidden.to(self.output_rows.dtype) @ self.output_rows.t()  # (B, T, n)
+        if self.softcap is not None:
+            voken_logits = self.softcap * torch.tanh(voken_logits / self.softcap)
         return torch.cat([base_logits, voken_logits.to(base_logits.dtype)], dim=-1)

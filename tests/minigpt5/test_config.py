@@ -14,6 +14,7 @@ from minigpt5.config import (
     MiniGPT5Config,
     PeftSettings,
     VokenConfig,
+    model_differences,
 )
 
 
@@ -34,6 +35,16 @@ def test_defaults_are_the_offline_tiny_preset():
 def test_sequences_from_yaml_become_tuples():
     assert DiffusionConfig(unet_channels=[16, 32]).unet_channels == (16, 32)
     assert PeftSettings(lora_target_modules=["q_proj"]).lora_target_modules == ("q_proj",)
+    assert PeftSettings().lora_target_modules is None  # the LLM family's q and v projections
+
+
+def test_adapter_settings_matter_only_with_an_adapter():
+    """A checkpoint without an adapter fits any adapter settings; with one, they must agree."""
+    saved = MiniGPT5Config(peft=PeftSettings(lora_target_modules=["q_proj", "v_proj"]))
+    assert model_differences(saved, MiniGPT5Config()) == []
+    lora = MiniGPT5Config(peft=PeftSettings(method="lora"))
+    assert model_differences(MiniGPT5Config(peft=PeftSettings(method="lora", lora_target_modules=["q_proj"])), lora) == [
+        "peft.lora_target_modules: ['q_proj'] -> None"]
 
 
 @pytest.mark.parametrize(
@@ -54,6 +65,8 @@ def test_sequences_from_yaml_become_tuples():
         (lambda: LLMConfig(max_length=16), "llm.max_length"),
         (lambda: LLMConfig(hidden_size=10, num_heads=4), "llm.hidden_size"),
         (lambda: LLMConfig(torch_dtype="half"), "llm.torch_dtype"),
+        (lambda: LLMConfig(family="falcon"), "llm.family"),
+        (lambda: PeftSettings(lora_target_modules=[]), "peft.lora_target_modules"),
         (lambda: VokenConfig(num_vokens=0), "vokens.num_vokens"),
         (lambda: PeftSettings(lora_r=0), "peft.lora_r"),
         (lambda: PeftSettings(method="ia3"), "peft.method"),
