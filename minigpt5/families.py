@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from transformers import (
     GemmaConfig,
     GemmaForCausalLM,
@@ -86,8 +87,9 @@ def tiny_llm_config(cfg: LLMConfig, vocab_size: int) -> PretrainedConfig:
 
 
 def tiny_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
-    """A random tiny LLM of ``cfg.family`` (from the global RNG)."""
-    return FAMILIES[cfg.family].model_class(tiny_llm_config(cfg, vocab_size))
+    """A random tiny LLM of ``cfg.family`` in ``cfg.torch_dtype`` (from the global RNG:
+    :func:`minigpt5.builders.build_components` seeds it)."""
+    return FAMILIES[cfg.family].model_class(tiny_llm_config(cfg, vocab_size)).to(getattr(torch, cfg.torch_dtype))
 
 
 def default_lora_targets(config: PretrainedConfig) -> tuple[str, ...]:

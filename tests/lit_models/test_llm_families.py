@@ -24,7 +24,7 @@ from minigpt5.config import (
     MiniGPT5Config,
     PeftSettings,
 )
-from minigpt5.families import FAMILIES, check_llm, default_lora_targets
+from minigpt5.families import FAMILIES, check_llm, default_lora_targets, tiny_llm
 from minigpt5.generate import GenerationConfig, generate
 from minigpt5.layers import layer_classes
 from minigpt5.model import MiniGPT5
@@ -54,6 +54,14 @@ def step(model: MiniGPT5, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def test_the_config_lists_the_families_built():
     assert tuple(FAMILIES) == LLM_FAMILIES
+
+
+@pytest.mark.parametrize("family", LLM_FAMILIES)
+def test_tiny_llm_of_the_configured_family_sizes_and_dtype(family):
+    llm = tiny_llm(LLMConfig(family=family, hidden_size=32, num_heads=4, torch_dtype="bfloat16"), vocab_size=100)
+    assert type(llm) is FAMILIES[family].model_class and llm.config.model_type == family
+    assert {p.dtype for p in llm.parameters()} == {torch.bfloat16}
+    assert llm.config.hidden_size == 32 and llm.config.num_attention_heads == 4
 
 
 @pytest.mark.parametrize("family", LLM_FAMILIES)
