@@ -13,13 +13,15 @@ with the vokens placed after the configured vocabulary).
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 from transformers import (
@@ -28,6 +30,7 @@ from transformers import (
     AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -35,14 +38,19 @@ from transformers import (
 )
 
 from minigpt5.architectures import architecture_source
-from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.config import ConfigError, DiffusionConfig, LLMConfig, MiniGPT5Config
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
 from minigpt5.randomness import Generators
+from minigpt5.sdxl import TIME_IDS, DualTextEncoder, pooled_width
 from minigpt5.tokenizer import build_tiny_tokenizer
 from minigpt5.vision import IMAGE_TOKEN, VisionTower
 from minigpt5.vokens import add_voken_tokens
 
 TINY_SEED = 0
+TINY_TIME_EMBED = 8  # the tiny SDXL UNet's width per time id (SDXL base: 256)
+
+# model_index.json's _class_name -> diffusion.kind
+PIPELINE_KINDS = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 
 # The sampling settings of SD 2.1 base's scheduler (minigpt5/architectures/stable-diffusion-2-1-base/
 # scheduler/scheduler_config.json), given to the tiny scheduler in latent and pixel space alike, so that
@@ -135,7 +143,7 @@ class Components:
     llm: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     voken_ids: list[int]
-    text_encoder: PreTrainedModel
+    text_encoder: nn.Module  # SD's CLIPTextModel, or SDXL's two as a DualTextEncoder
     sd_tokenizer: PreTrainedTokenizerBase
     unet: UNet2DConditionModel
     latents: nn.Module
@@ -219,8 +227,9 @@ def tiny_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
     return LlamaForCausalLM(config).to(_dtype(cfg.torch_dtype))
 
 
-def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DConditionModel:
-    """~1M-parameter UNet: cross-attention only below full resolution and in the mid block."""
+def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int, **extra: Any) -> UNet2DConditionModel:
+    """~1M-parameter UNet: cross-attention only below full resolution and in the mid block
+    (``extra``: further UNet settings, SDXL's added conditioning)."""
     n = len(cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -233,6 +242,7 @@ def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DCo
         cross_attention_dim=cfg.cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
+        **extra,
     )
 
 
@@ -275,10 +285,59 @@ def latent_space_name(cfg: DiffusionConfig) -> str:
     return f"tiny-vae:channels={list(cfg.vae_channels)},layers={cfg.vae_layers_per_block},seed={TINY_SEED}"
 
 
-def load_text_encoder(cfg: DiffusionConfig) -> PreTrainedModel:
-    """SD's text encoder from ``cfg.path``, in ``cfg.torch_dtype``."""
+def decoder_kind(cfg: DiffusionConfig, empty: bool = False) -> str:
+    """``diffusion.kind``; for auto, what the folder's model_index.json ``_class_name`` names
+    (sd for the tiny parts and for a folder without one, as this project's tiny SD exports are)."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    if cfg.path is None:
+        return "sd"
+    source = architecture_source(cfg.path) if empty else cfg.path
+    if os.path.isdir(source):
+        index = os.path.join(source, "model_index.json")
+        if not os.path.isfile(index):
+            return "sd"
+        with open(index, encoding="utf-8") as f:
+            name = json.load(f).get("_class_name")
+    else:
+        name = load_pretrained("SD pipeline index", source, DiffusionPipeline.load_config).get("_class_name")
+    if name not in PIPELINE_KINDS:
+        raise ConfigError(
+            f"diffusion.path {cfg.path!r} holds a {name} (model_index.json); supported: "
+            f"{', '.join(f'{k} ({v})' for k, v in PIPELINE_KINDS.items())}. Set diffusion.kind to sd or sdxl "
+            "to read its parts as that decoder's"
+        )
+    return PIPELINE_KINDS[name]
+
+
+def check_decoder(kind: str, text_encoder: nn.Module, unet: UNet2DConditionModel) -> None:
+    """Raise naming the mismatch when the text encoder(s) and the UNet of a ``kind`` decoder do not fit."""
+    width, pooled = unet.config.cross_attention_dim, pooled_width(unet)
+    if kind == "sd" and pooled is not None:
+        raise ConfigError("the UNet reads a pooled text embedding and time ids (SDXL's); set diffusion.kind: sdxl")
+    if kind == "sdxl" and pooled is None:
+        raise ConfigError("diffusion.kind is sdxl but the UNet reads no pooled text embedding (addition_embed_type "
+                          "text_time); set diffusion.kind: sd")
+    encoder = (text_encoder.width, text_encoder.pooled_width) if kind == "sdxl" else (
+        text_encoder.config.hidden_size, None)
+    if encoder != (width, pooled):
+        raise ConfigError(f"the text encoder gives (width, pooled width) {encoder} but the UNet reads {(width, pooled)}")
+
+
+def load_text_encoder(cfg: DiffusionConfig) -> nn.Module:
+    """SD's text encoder (SDXL's two, as a :class:`DualTextEncoder`) from ``cfg.path``, in ``cfg.torch_dtype``."""
     dtype = _dtype(cfg.torch_dtype)
-    return load_pretrained("SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype)
+    first = load_pretrained("SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype)
+    if decoder_kind(cfg) == "sd":
+        return first
+    second = load_pretrained("SDXL text encoder 2", cfg.path, CLIPTextModelWithProjection.from_pretrained,
+                             subfolder="text_encoder_2", dtype=dtype)
+    tokenizer = build_sd_tokenizer(cfg)
+    tokenizer_2 = load_pretrained("SDXL tokenizer 2", cfg.path, AutoTokenizer.from_pretrained, subfolder="tokenizer_2")
+    if tokenizer.get_vocab() != tokenizer_2.get_vocab():
+        raise ValueError(f"{cfg.path}: tokenizer and tokenizer_2 have different vocabularies; both SDXL encoders "
+                         "read the first tokenizer's ids here, which needs one vocabulary (SDXL base has)")
+    return DualTextEncoder(first, second, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer_2.pad_token_id)
 
 
 def build_text_encoder(cfg: MiniGPT5Config) -> PreTrainedModel:
@@ -301,11 +360,12 @@ def text_encoder_name(cfg: MiniGPT5Config) -> str:
         return f"clip:{d.path}"
     llm = cfg.llm.path or (f"tiny-llama:hidden={cfg.llm.hidden_size},layers={cfg.llm.num_layers},"
                            f"ff={cfg.llm.intermediate_size},heads={cfg.llm.num_heads}")
-    return (f"tiny-clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
+    kind = "" if decoder_kind(d) == "sd" else f"{decoder_kind(d)}-"
+    return (f"tiny-{kind}clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
             f"seed={TINY_SEED},after {llm}")
 
 
-def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+def empty_diffusion(cfg: DiffusionConfig) -> tuple[nn.Module, UNet2DConditionModel, nn.Module, DDPMScheduler]:
     """The loaded SD parts of ``cfg.path`` built from their configs only (no weights read)."""
     dtype = _dtype(cfg.torch_dtype)
     source = architecture_source(cfg.path)
@@ -316,6 +376,9 @@ def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DCondit
     scheduler = load_pretrained("SD scheduler", source, DDPMScheduler.from_pretrained, subfolder="scheduler")
     with default_dtype(dtype):  # created in the dtype, not cast (diffusers warns on a cast)
         text_encoder = CLIPTextModel(read("text encoder", CLIPTextConfig.from_pretrained, "text_encoder"))
+        if decoder_kind(cfg, empty=True) == "sdxl":
+            second = CLIPTextModelWithProjection(read("text encoder 2", CLIPTextConfig.from_pretrained, "text_encoder_2"))
+            text_encoder = dual_encoder(text_encoder, second)
         unet = UNet2DConditionModel.from_config(read("UNet", UNet2DConditionModel.load_config, "unet"))
         if cfg.latent_space == "vae":
             vae = AutoencoderKL.from_config(read("VAE", AutoencoderKL.load_config, "vae"))
@@ -323,36 +386,68 @@ def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DCondit
     return text_encoder, unet, PixelSpace(), scheduler
 
 
+def dual_encoder(first: CLIPTextModel, second: CLIPTextModelWithProjection) -> DualTextEncoder:
+    """SDXL's encoders joined, with the end and padding ids of the second's config for both (tiny and
+    empty builds: the tiny tokenizer's ids, or ids no meta build reads)."""
+    config = second.config
+    return DualTextEncoder(first, second, config.eos_token_id, config.pad_token_id, config.pad_token_id)
+
+
+def tiny_clip_config(cfg: DiffusionConfig, sd_vocab: int, width: int, **extra: Any) -> CLIPTextConfig:
+    """A tiny CLIP text encoder's config, ``width`` wide, with the tiny tokenizer's special ids."""
+    return CLIPTextConfig(
+        vocab_size=sd_vocab,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=cfg.text_encoder_layers,
+        num_attention_heads=max(1, width // 16),
+        max_position_embeddings=cfg.text_max_length,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        **extra,
+    )
+
+
+def tiny_text_and_unet(cfg: DiffusionConfig, sd_vocab: int, latents: nn.Module) -> tuple[nn.Module, UNet2DConditionModel]:
+    """The tiny random text encoder(s) and UNet of ``cfg``'s decoder kind (from the global RNG)."""
+    width = cfg.cross_attention_dim
+    sample_size = cfg.resolution // latents.downsample_factor
+    if decoder_kind(cfg) == "sd":
+        text_encoder = CLIPTextModel(tiny_clip_config(cfg, sd_vocab, width))
+        return text_encoder, tiny_unet(cfg, latents.channels, sample_size)
+    if width % 2:
+        raise ConfigError(f"diffusion.cross_attention_dim must be even for the tiny SDXL (two encoders of half "
+                          f"its width each), got {width}")
+    half = width // 2  # each encoder's width; the second's pooled (projected) width too
+    first = CLIPTextModel(tiny_clip_config(cfg, sd_vocab, half))
+    second = CLIPTextModelWithProjection(tiny_clip_config(cfg, sd_vocab, half, projection_dim=half))
+    unet = tiny_unet(
+        cfg, latents.channels, sample_size, addition_embed_type="text_time", addition_time_embed_dim=TINY_TIME_EMBED,
+        projection_class_embeddings_input_dim=half + TIME_IDS * TINY_TIME_EMBED,
+    )
+    return dual_encoder(first, second), unet
+
+
 def build_diffusion(
     cfg: DiffusionConfig, sd_vocab: int, empty: bool = False
-) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
-    """Text encoder, UNet, latent space and training scheduler."""
+) -> tuple[nn.Module, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+    """Text encoder(s), UNet, latent space and training scheduler, checked to fit each other."""
     dtype = _dtype(cfg.torch_dtype)
     if cfg.path is not None and empty:
-        return empty_diffusion(cfg)
+        text_encoder, unet, latents, scheduler = empty_diffusion(cfg)
+        check_decoder(decoder_kind(cfg, empty=True), text_encoder, unet)
+        return text_encoder, unet, latents, scheduler
     latents = build_latent_space(cfg)
     if cfg.path is not None:
         text_encoder = load_text_encoder(cfg)
         unet = load_pretrained(
             "SD UNet", cfg.path, UNet2DConditionModel.from_pretrained, subfolder="unet", torch_dtype=dtype
         )
+        check_decoder(decoder_kind(cfg), text_encoder, unet)
         scheduler = load_pretrained("SD scheduler", cfg.path, DDPMScheduler.from_pretrained, subfolder="scheduler")
         return text_encoder, unet, latents, scheduler
-    width = cfg.cross_attention_dim
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=sd_vocab,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=cfg.text_encoder_layers,
-            num_attention_heads=max(1, width // 16),
-            max_position_embeddings=cfg.text_max_length,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=3,
-        )
-    )
-    unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
+    text_encoder, unet = tiny_text_and_unet(cfg, sd_vocab, latents)
     scheduler = DDPMScheduler.from_config({
         "num_train_timesteps": cfg.num_train_timesteps, "prediction_type": cfg.prediction_type,
         "beta_schedule": cfg.beta_schedule, **SD_SAMPLING,

@@ -91,12 +91,15 @@ class DiffusionConfig:
     """The frozen Stable Diffusion parts: text encoder, UNet, latent space, scheduler."""
 
     path: Optional[str] = None  # diffusers folder or hub id; None builds tiny random parts
+    # which decoder: sd (SD 1.x/2.x), sdxl (two text encoders, pooled embedding, time ids), or auto: the
+    # folder's model_index.json _class_name (sd for a folder without one, and for the tiny parts)
+    kind: Literal["auto", "sd", "sdxl"] = "auto"
     resolution: int = 16  # target images are padded square and resized to this
     latent_space: Literal["vae", "pixel"] = "pixel"  # tiny default: diffuse pixels directly
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # tiny only; loaded from path otherwise
     num_train_timesteps: int = 1000  # tiny only
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # tiny only (diffusers' names)
-    cross_attention_dim: int = 32  # tiny only (text encoder width)
+    cross_attention_dim: int = 32  # tiny only (text encoder width; sdxl: two encoders of half of it each)
     unet_channels: tuple[int, ...] = (32, 64)  # tiny only
     vae_channels: tuple[int, ...] = (16, 32)  # tiny only (latent_space vae): one encoder block per width
     vae_layers_per_block: int = 1  # tiny only (SD's VAE has 2)
@@ -108,6 +111,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         _check(self.resolution >= 8 and self.resolution % 8 == 0,
                f"diffusion.resolution must be a positive multiple of 8, got {self.resolution}")
+        _check_choice("diffusion.kind", self.kind, ("auto", "sd", "sdxl"))
         _check_choice("diffusion.latent_space", self.latent_space, ("vae", "pixel"))
         _check_choice("diffusion.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
         _check_choice("diffusion.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))

@@ -24,6 +24,8 @@ from minigpt5.offload import Device, Offloader
 from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
+from minigpt5.sdxl import DualTextEncoder, pooled_width
+from minigpt5.sdxl import denoise as sdxl_denoise
 from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
 from minigpt5.templates import Conversation, Template, build_template, prepare_caption
 from minigpt5.vision import IMAGE_TOKEN
@@ -129,7 +131,8 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         )
         self.llm, self._adapter_names = apply_adapter(parts.llm, cfg.peft)
         hidden = parts.llm.config.hidden_size
-        self.mapper = FeatureMapper(cfg.mapper, hidden, parts.unet.config.cross_attention_dim)
+        self.pooled_width = pooled_width(parts.unet)  # SDXL's pooled text embedding; None for SD
+        self.mapper = FeatureMapper(cfg.mapper, hidden, parts.unet.config.cross_attention_dim, self.pooled_width)
         self.text_encoder = parts.text_encoder
         self.unet = parts.unet
         self.latents = parts.latents
@@ -365,8 +368,18 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     # ---- the diffusion side ----
 
+    @property
+    def condition_shape(self) -> tuple[int, int]:
+        """One sample's conditioning (Q, C), or (Q + 1, C) with SDXL's pooled row (:mod:`minigpt5.sdxl`)."""
+        rows = self.cfg.mapper.num_queries + (self.pooled_width is not None)
+        return rows, self.unet.config.cross_attention_dim
+
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy.to(self.unet_dtype), timesteps, encoder_hidden_states=cond.to(self.unet_dtype)).sample
+        """The UNet's prediction for noisy latents (N, c, h, w) under conditioning (N, Q, C) (SDXL: packed)."""
+        noisy, cond = noisy.to(self.unet_dtype), cond.to(self.unet_dtype)
+        if self.pooled_width is not None:
+            return sdxl_denoise(self.unet, noisy, timesteps, cond, self.cfg.diffusion.resolution)
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond).sample
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
@@ -422,13 +435,17 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def caption_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The CAP targets (N, L, C): the text encoder's output on ``caption_ids``, taken from
-        ``caption_embeddings`` where the batch has them cached; the rest are encoded now."""
+        """The CAP targets (N, L, C) (SDXL's packed: (N, L + 1, C)): the text encoder's output on
+        ``caption_ids``, taken from ``caption_embeddings`` where the batch has them cached; the rest
+        are encoded now."""
         ids = batch["caption_ids"]
         embeddings = batch.get("caption_embeddings")
         if embeddings is None:
             return self.encode_captions(ids)
-        expected = (ids.shape[1], self.text_encoder.config.hidden_size)
+        if isinstance(self.text_encoder, DualTextEncoder):
+            expected = self.text_encoder.output_shape(ids.shape[1])
+        else:
+            expected = (ids.shape[1], self.text_encoder.config.hidden_size)
         check_cached_shape("caption_embeddings", embeddings, expected, "caption",
                            f"this model's text encoder on caption_ids of length {ids.shape[1]}")
         cached = batch.get("caption_cached")
