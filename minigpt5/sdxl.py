@@ -89,6 +89,11 @@ class DualTextEncoder(nn.Module):
         self.width = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
         self.pooled_width = text_encoder_2.config.projection_dim
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoders are, as a transformers model says (the caption cache reads it)."""
+        return self.text_encoder.device
+
     def output_shape(self, length: int) -> tuple[int, int]:
         """The shape of one caption's packed output, for captions of ``length`` ids."""
         return length + 1, self.width

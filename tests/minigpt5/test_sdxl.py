@@ -85,6 +85,14 @@ def test_cap_target_is_what_sdxl_encoders_give(model):
     assert torch.equal(target[:, -1, 16:], torch.zeros(2, 16))  # the pooled row's padding
 
 
+def test_cached_caption_embeddings_are_the_packed_rows(model):
+    batch = stage1_batch(model)
+    encoded = model.caption_targets(batch)  # (2, 78, 32)
+    assert torch.equal(model.caption_targets({**batch, "caption_embeddings": encoded}), encoded)
+    with pytest.raises(ValueError, match=r"shape \(77, 32\).*needs \(78, 32\)"):
+        model.caption_targets({**batch, "caption_embeddings": encoded[:, :-1]})
+
+
 def test_second_encoder_ids_are_the_second_tokenizers(model):
     """SDXL's tokenizer_2 pads with its own token; the ids derived from the first tokenizer's equal its."""
     tokenizer = model.sd_tokenizer
