@@ -71,6 +71,10 @@ def denoise(
 class DualTextEncoder(nn.Module):
     """SDXL's two text encoders as one: caption ids (N, L) -> packed conditioning (N, L + 1, C).
 
+    SD3's two CLIP encoders too, with ``pooled_from_both`` (its pooled embedding is both
+    encoders' projected outputs, concatenated) and ``width`` (the token rows zero-padded to
+    its transformer's joint attention width, as SD3's pipeline pads them).
+
     Both read the first tokenizer's ids. SDXL's tokenizers share a vocabulary and differ only
     in padding (the second pads with its own token, "!" in SDXL base), so the second
     encoder's ids are the first's with the padding (every position after the first end token,
@@ -80,14 +84,19 @@ class DualTextEncoder(nn.Module):
 
     def __init__(
         self, text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
-        eos_id: int, pad_id: int, pad_id_2: int,
+        eos_id: int, pad_id: int, pad_id_2: int, pooled_from_both: bool = False, width: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
         self.eos_id, self.pad_id, self.pad_id_2 = eos_id, pad_id, pad_id_2
-        self.width = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
-        self.pooled_width = text_encoder_2.config.projection_dim
+        self.pooled_from_both = pooled_from_both
+        concatenated = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+        if width is not None and width < concatenated:
+            raise ValueError(f"the encoders' rows ({concatenated} wide) are wider than the denoiser's ({width})")
+        self.width = width or concatenated
+        self.pooled_width = text_encoder_2.config.projection_dim + (
+            text_encoder.config.projection_dim if pooled_from_both else 0)
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +116,9 @@ class DualTextEncoder(nn.Module):
         return ids.masked_fill(padding, self.pad_id_2)
 
     def forward(self, ids: torch.Tensor) -> BaseModelOutput:
-        first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]  # (N, L, C1)
+        first = self.text_encoder(ids, output_hidden_states=True)
         second = self.text_encoder_2(self.ids_for_second(ids), output_hidden_states=True)
-        tokens = torch.cat([first, second.hidden_states[-2]], dim=-1)  # (N, L, C1 + C2)
-        return BaseModelOutput(last_hidden_state=pack(tokens, second.text_embeds))
+        tokens = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # (N, L, C1 + C2)
+        tokens = F.pad(tokens, (0, self.width - tokens.shape[-1]))  # (N, L, C)
+        pooled = torch.cat([first.text_embeds, second.text_embeds], dim=-1) if self.pooled_from_both else second.text_embeds
+        return BaseModelOutput(last_hidden_state=pack(tokens, pooled))

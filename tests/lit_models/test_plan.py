@@ -237,3 +237,38 @@ def test_plan_figures_for_sdxl(sdxl_settings):
     # 128x128 latents through a 2.6B UNet: its activations exceed the LLM's at 512 tokens, and checkpointing cuts them.
     assert plan.activations_off.unet > plan.activations_off.llm > 0
     assert plan.activations_on.unet < plan.activations_off.unet / 2
+
+
+# ---- SD3 medium (configs/model/sd3.yaml), without its optional T5 encoder ----
+
+SD3 = [*STAGE1, "configs/model/sd3.yaml"]
+# stabilityai/stable-diffusion-3-medium-diffusers' parts: the transformer (SD3 medium's "2B"), text_encoder (CLIP
+# ViT-L/14's text tower with its projection), text_encoder_2 (OpenCLIP ViT-bigG/14's), the 16-channel VAE
+SD3_TRANSFORMER, SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_VAE = 2_028_328_000, 123_650_304, 694_659_840, 83_819_683
+
+
+def sd3_mapper() -> int:
+    """The paper's mapper with a head to the 4096-wide joint attention rows and the pooled head to 2048."""
+    return sum(mapper().values()) + linear(1024, 4096) + linear(4096, 2048)
+
+
+def test_sd3_overlay_sizes_and_plan_on_meta():
+    run = settings(SD3)
+    cfg = run.model
+    assert (cfg.diffusion.kind, cfg.guidance.sampler, cfg.loss.timestep_density) == ("sd3", "flow-euler", "logit_normal")
+    model = MiniGPT5.on_meta(cfg)
+    encoders = model.text_encoder
+    numel = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert type(model.unet).__name__ == "SD3Transformer2DModel" and model.flow_matching
+    assert numel(model.unet) == SD3_TRANSFORMER
+    assert (numel(encoders.text_encoder), numel(encoders.text_encoder_2)) == (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2)
+    assert numel(model.latents) == SD3_VAE and model.latents.shift_factor == 0.0609
+    assert (encoders.width, encoders.pooled_width, model.condition_shape) == (4096, 2048, (78, 4096))
+    total, trainable = counts(model)
+    assert trainable == VOKEN_ROWS + sd3_mapper()
+    expected = (llama_7b() + VOKEN_ROWS + sd3_mapper()
+                + SD3_TRANSFORMER + SD3_TEXT_ENCODER + SD3_TEXT_ENCODER_2 + SD3_VAE)
+    assert total == expected
+    plan = make_plan(run)
+    assert f"parameters {expected:,}" in format_plan(plan)
+    assert plan.activations_on.unet < plan.activations_off.unet / 2  # its 24 joint blocks checkpointed

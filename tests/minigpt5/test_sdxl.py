@@ -15,8 +15,6 @@ from minigpt5.model import MiniGPT5
 from minigpt5.sdxl import DualTextEncoder, pack, time_ids, unpack
 from minigpt5.sequences import tokenize_for_text_encoder
 
-CAPTIONS = ["a red circle", "a blue square on the left"]
-
 
 def sdxl_config(**diffusion) -> MiniGPT5Config:
     return MiniGPT5Config(diffusion=DiffusionConfig(**{"kind": "sdxl", "latent_space": "vae", **diffusion}))
@@ -35,13 +33,6 @@ def second_tokenizer(tokenizer):
     return second
 
 
-def stage1_batch(model: MiniGPT5) -> dict[str, torch.Tensor]:
-    batch = model.caption_batch(CAPTIONS)
-    batch["target_pixels"] = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    batch["caption_ids"] = tokenize_for_text_encoder(model.sd_tokenizer, CAPTIONS, 77)
-    return batch
-
-
 def test_tiny_sdxl_parts(model):
     encoders, unet = model.text_encoder, model.unet
     assert isinstance(encoders, DualTextEncoder)
@@ -52,7 +43,7 @@ def test_tiny_sdxl_parts(model):
     assert model.condition_shape == (78, 32)  # 77 token rows + the pooled row
 
 
-def test_stage1_forward_backward_reaches_the_mapper_and_its_pooled_head(model):
+def test_stage1_forward_backward_reaches_the_mapper_and_its_pooled_head(model, stage1_batch):
     model.train()
     model.zero_grad()
     out = model(stage1_batch(model), torch.Generator().manual_seed(0))
@@ -69,7 +60,7 @@ def test_stage1_forward_backward_reaches_the_mapper_and_its_pooled_head(model):
     model.eval()
 
 
-def test_cap_target_is_what_sdxl_encoders_give(model):
+def test_cap_target_is_what_sdxl_encoders_give(model, stage1_batch):
     batch = stage1_batch(model)
     ids = batch["caption_ids"]
     target = model.caption_targets(batch)
@@ -85,7 +76,7 @@ def test_cap_target_is_what_sdxl_encoders_give(model):
     assert torch.equal(target[:, -1, 16:], torch.zeros(2, 16))  # the pooled row's padding
 
 
-def test_cached_caption_embeddings_are_the_packed_rows(model):
+def test_cached_caption_embeddings_are_the_packed_rows(model, stage1_batch):
     batch = stage1_batch(model)
     encoded = model.caption_targets(batch)  # (2, 78, 32)
     assert torch.equal(model.caption_targets({**batch, "caption_embeddings": encoded}), encoded)
@@ -97,10 +88,11 @@ def test_second_encoder_ids_are_the_second_tokenizers(model):
     """SDXL's tokenizer_2 pads with its own token; the ids derived from the first tokenizer's equal its."""
     tokenizer = model.sd_tokenizer
     tokenizer_2 = second_tokenizer(tokenizer)
-    ids = tokenize_for_text_encoder(tokenizer, CAPTIONS, 12)
+    captions = ["a red circle", "a blue square on the left"]
+    ids = tokenize_for_text_encoder(tokenizer, captions, 12)
     encoders = DualTextEncoder(model.text_encoder.text_encoder, model.text_encoder.text_encoder_2,
                                tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer_2.pad_token_id)
-    expected = tokenize_for_text_encoder(tokenizer_2, CAPTIONS, 12)
+    expected = tokenize_for_text_encoder(tokenizer_2, captions, 12)
     assert not torch.equal(ids, expected)
     assert torch.equal(encoders.ids_for_second(ids), expected)
     both = torch.tensor([[1, 5, 2, 7, 2, 9]])  # after the first end token (2) all is padding
@@ -181,6 +173,6 @@ def test_sdxl_folder_loads_through_from_pretrained(tmp_path):
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="diffusion.kind"):
-        DiffusionConfig(kind="sd3")
-    with pytest.raises(ConfigError, match="even"):
-        build_components(sdxl_config(cross_attention_dim=33))
+        DiffusionConfig(kind="kandinsky")
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        build_components(sdxl_config(cross_attention_dim=34))
