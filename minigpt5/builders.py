@@ -161,7 +161,7 @@ class Components:
     llm: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     voken_ids: list[int]
-    text_encoder: nn.Module  # SD's CLIPTextModel, or SDXL's two as a DualTextEncoder
+    text_encoder: nn.Module  # SD's CLIPTextModel, or SDXL's or SD3's two as a DualTextEncoder
     sd_tokenizer: PreTrainedTokenizerBase
     unet: nn.Module  # the denoiser: a UNet2DConditionModel, or an SD3Transformer2DModel (diffusion.kind sd3)
     latents: nn.Module

@@ -15,6 +15,7 @@ from torch import nn
 from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config, stage_of
+from minigpt5.decoders import condition_widths
 from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
@@ -25,7 +26,6 @@ from minigpt5.offload import Device, Offloader
 from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
-from minigpt5.decoders import condition_widths
 from minigpt5.sd3 import denoise as sd3_denoise
 from minigpt5.sdxl import DualTextEncoder
 from minigpt5.sdxl import denoise as sdxl_denoise
@@ -380,7 +380,8 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         return rows, self.condition_width
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction for noisy latents (N, c, h, w) under conditioning (N, Q, C) (SDXL: packed)."""
+        """The denoiser's prediction for noisy latents (N, c, h, w) under conditioning (N, Q, C)
+        (SDXL's and SD3's packed: :mod:`minigpt5.sdxl`)."""
         noisy, cond = noisy.to(self.unet_dtype), cond.to(self.unet_dtype)
         if isinstance(self.unet, SD3Transformer2DModel):
             return sd3_denoise(self.unet, noisy, timesteps, cond)
@@ -442,7 +443,7 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def caption_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The CAP targets (N, L, C) (SDXL's packed: (N, L + 1, C)): the text encoder's output on
+        """The CAP targets (N, L, C) (SDXL's and SD3's packed: (N, L + 1, C)): the text encoder's output on
         ``caption_ids``, taken from ``caption_embeddings`` where the batch has them cached; the rest
         are encoded now."""
         ids = batch["caption_ids"]
