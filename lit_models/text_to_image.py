@@ -17,8 +17,8 @@ import torch
 from lightning.pytorch import LightningModule
 
 from lit_models.optim import OptimConfig, configure_adamw
-from minigpt5.builders import build_diffusion, build_sd_tokenizer
-from minigpt5.config import MiniGPT5Config
+from minigpt5.builders import build_diffusion, build_sd_tokenizer, decoder_kind
+from minigpt5.config import ConfigError, MiniGPT5Config
 from minigpt5.losses import ldm_loss
 from minigpt5.sequences import tokenize_for_text_encoder
 
@@ -40,6 +40,9 @@ class TextToImageModule(LightningModule):
         self.save_hyperparameters(logger=False)
         self.config, self.optim, self.caption_dropout, self.export_dir = config, optim, caption_dropout, export_dir
         self.train_text_encoder = train_text_encoder
+        if decoder_kind(config.diffusion) != "sd":
+            raise ConfigError(f"pretrain-sd builds and exports SD 1.x/2.x-style stand-ins only; diffusion.kind "
+                              f"is {decoder_kind(config.diffusion)}")
         self.sd_tokenizer = build_sd_tokenizer(config.diffusion)
         self.text_encoder, self.unet, self.latents, self.scheduler = build_diffusion(
             config.diffusion, len(self.sd_tokenizer)

@@ -10,6 +10,13 @@ Two hold the sizes only, not the hub file: ``vicuna-7b-v0`` (Vicuna v0 7B is a f
 Llama-1 7B; its sizes, other fields at transformers' defaults) and ``blip2-flan-t5-xxl``
 (BLIP-2's default ViT-g and Q-Former configs, which is what its conversion script uses; the
 T5 text config is left out, as the vision tower keeps only the ViT, Q-Former and queries).
+
+``stable-diffusion-xl-base-1.0`` holds the values of the hub repository's own files
+(``model_index.json``, ``unet``, ``text_encoder``, ``text_encoder_2``, ``vae``, ``scheduler``);
+its UNet config matches the full copy that public SDXL code vendors (e.g. ControlNeXt's
+``UNET_CONFIG``), and the built sizes match the published parameter counts
+(tests/lit_models/test_plan.py). ``stable-diffusion-3-medium-diffusers`` likewise holds SD3
+medium's files but the T5 encoder's (``text_encoder_3``, which this project leaves out).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ SHIPPED = {
     "lmsys/vicuna-7b-v1.5": "vicuna-7b-v1.5",  # Llama-2-7B architecture
     "Vision-CAIR/vicuna-7b": "vicuna-7b-v0",  # Llama-1-7B architecture (merged Vicuna v0, MiniGPT-4's)
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-xl-base-1.0": "stable-diffusion-xl-base-1.0",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "stable-diffusion-3-medium-diffusers",
     "Salesforce/blip2-itm-vit-g": "blip2-itm-vit-g",  # EVA ViT-g + Q-Former
     "Salesforce/blip2-flan-t5-xxl": "blip2-flan-t5-xxl",  # EVA ViT-g + Q-Former (+ T5-XXL, not built)
     # one real model per tested LLM family (minigpt5/families.py, configs/model/*.yaml)

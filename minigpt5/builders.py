@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SchedulerMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 from transformers import (
@@ -28,20 +35,32 @@ from transformers import (
     AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from minigpt5.architectures import architecture_source
-from minigpt5.config import DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.config import ConfigError, DiffusionConfig, LLMConfig, MiniGPT5Config
+from minigpt5.decoders import (
+    DENOISERS,
+    FIRST_ENCODERS,
+    TRAINING_SCHEDULERS,
+    check_decoder,
+    condition_widths,
+    decoder_kind,
+    join_encoders,
+)
 from minigpt5.families import tiny_llm
 from minigpt5.loading import WeightsNotFoundError, load_pretrained  # noqa: F401  (re-exported)
 from minigpt5.randomness import Generators
+from minigpt5.sdxl import TIME_IDS, DualTextEncoder
 from minigpt5.tokenizer import build_tiny_tokenizer
 from minigpt5.vision import IMAGE_TOKEN, VisionTower
 from minigpt5.vokens import add_voken_tokens
 
 TINY_SEED = 0
+TINY_TIME_EMBED = 8  # the tiny SDXL UNet's width per time id (SDXL base: 256)
 
 # The sampling settings of SD 2.1 base's scheduler (minigpt5/architectures/stable-diffusion-2-1-base/
 # scheduler/scheduler_config.json), given to the tiny scheduler in latent and pixel space alike, so that
@@ -104,6 +123,7 @@ class VAELatents(nn.Module):
         super().__init__()
         self.vae = vae
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = vae.config.get("shift_factor")  # SD3's VAE: latents are (z - shift) * scale
         self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.channels = int(vae.config.latent_channels)
 
@@ -118,13 +138,19 @@ class VAELatents(nn.Module):
 
     def sample(self, moments: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Moments (N, 2c, h, w) -> one latent draw (N, c, h, w) times the scaling factor."""
-        return DiagonalGaussianDistribution(moments.float()).sample(generator) * self.scaling_factor
+        z = DiagonalGaussianDistribution(moments.float()).sample(generator)
+        if self.shift_factor is not None:
+            z = z - self.shift_factor
+        return z * self.scaling_factor
 
     def encode(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return self.sample(self.moments(pixels), generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
+        latents = latents.to(self.dtype) / self.scaling_factor
+        if self.shift_factor is not None:
+            latents = latents + self.shift_factor
+        return self.vae.decode(latents).sample
 
 
 @dataclass
@@ -134,11 +160,11 @@ class Components:
     llm: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     voken_ids: list[int]
-    text_encoder: PreTrainedModel
+    text_encoder: nn.Module  # SD's CLIPTextModel, or SDXL's or SD3's two as a DualTextEncoder
     sd_tokenizer: PreTrainedTokenizerBase
-    unet: UNet2DConditionModel
+    unet: nn.Module  # the denoiser: a UNet2DConditionModel, or an SD3Transformer2DModel (diffusion.kind sd3)
     latents: nn.Module
-    scheduler: DDPMScheduler
+    scheduler: SchedulerMixin  # DDPMScheduler, or FlowMatchEulerDiscreteScheduler (sd3)
     vision: Optional[VisionTower] = None  # None when vision.kind is "none"
 
 
@@ -200,8 +226,9 @@ def build_llm(cfg: LLMConfig, vocab_size: int, empty: bool = False, quantization
         return AutoModelForCausalLM.from_pretrained(folder, dtype=llm.dtype, quantization_config=quantization)
 
 
-def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DConditionModel:
-    """~1M-parameter UNet: cross-attention only below full resolution and in the mid block."""
+def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int, **extra: Any) -> UNet2DConditionModel:
+    """~1M-parameter UNet: cross-attention only below full resolution and in the mid block
+    (``extra``: further UNet settings, SDXL's added conditioning)."""
     n = len(cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -214,6 +241,7 @@ def tiny_unet(cfg: DiffusionConfig, channels: int, sample_size: int) -> UNet2DCo
         cross_attention_dim=cfg.cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
+        **extra,
     )
 
 
@@ -256,10 +284,28 @@ def latent_space_name(cfg: DiffusionConfig) -> str:
     return f"tiny-vae:channels={list(cfg.vae_channels)},layers={cfg.vae_layers_per_block},seed={TINY_SEED}"
 
 
-def load_text_encoder(cfg: DiffusionConfig) -> PreTrainedModel:
-    """SD's text encoder from ``cfg.path``, in ``cfg.torch_dtype``."""
+def load_text_encoder(cfg: DiffusionConfig) -> nn.Module:
+    """SD's text encoder (SDXL's or SD3's two, as a :class:`DualTextEncoder`) from ``cfg.path``, in ``cfg.torch_dtype``."""
     dtype = _dtype(cfg.torch_dtype)
-    return load_pretrained("SD text encoder", cfg.path, CLIPTextModel.from_pretrained, subfolder="text_encoder", dtype=dtype)
+    kind = decoder_kind(cfg)
+    first = load_pretrained("SD text encoder", cfg.path, FIRST_ENCODERS[kind].from_pretrained,
+                            subfolder="text_encoder", dtype=dtype)
+    if kind == "sd":
+        return first
+    second = load_pretrained(f"{kind} text encoder 2", cfg.path, CLIPTextModelWithProjection.from_pretrained,
+                             subfolder="text_encoder_2", dtype=dtype)
+    tokenizer = build_sd_tokenizer(cfg)
+    tokenizer_2 = load_pretrained(f"{kind} tokenizer 2", cfg.path, AutoTokenizer.from_pretrained, subfolder="tokenizer_2")
+    if tokenizer.get_vocab() != tokenizer_2.get_vocab():
+        raise ValueError(f"{cfg.path}: tokenizer and tokenizer_2 have different vocabularies; both encoders read "
+                         "the first tokenizer's ids here, which needs one vocabulary (SDXL's and SD3's have)")
+    joint = None
+    if kind == "sd3":
+        transformer = load_pretrained("SD3 transformer config", cfg.path, SD3Transformer2DModel.load_config,
+                                      subfolder="transformer")
+        joint = transformer["joint_attention_dim"]
+    return join_encoders(kind, first, second, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                         tokenizer_2.pad_token_id, joint)
 
 
 def build_text_encoder(cfg: MiniGPT5Config) -> PreTrainedModel:
@@ -282,62 +328,118 @@ def text_encoder_name(cfg: MiniGPT5Config) -> str:
         return f"clip:{d.path}"
     llm = cfg.llm.path or (f"tiny-{cfg.llm.family}:hidden={cfg.llm.hidden_size},layers={cfg.llm.num_layers},"
                            f"ff={cfg.llm.intermediate_size},heads={cfg.llm.num_heads}")
-    return (f"tiny-clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
+    kind = "" if decoder_kind(d) == "sd" else f"{decoder_kind(d)}-"
+    return (f"tiny-{kind}clip:width={d.cross_attention_dim},layers={d.text_encoder_layers},positions={d.text_max_length},"
             f"seed={TINY_SEED},after {llm}")
 
 
-def empty_diffusion(cfg: DiffusionConfig) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
+def empty_diffusion(cfg: DiffusionConfig) -> tuple[nn.Module, nn.Module, nn.Module, SchedulerMixin]:
     """The loaded SD parts of ``cfg.path`` built from their configs only (no weights read)."""
     dtype = _dtype(cfg.torch_dtype)
     source = architecture_source(cfg.path)
+    kind = decoder_kind(cfg, empty=True)
+    subfolder, denoiser_class = DENOISERS[kind]
 
     def read(what: str, read_config: Callable[..., Any], subfolder: str) -> Any:
         return load_pretrained(f"SD {what} config", source, read_config, subfolder=subfolder)
 
-    scheduler = load_pretrained("SD scheduler", source, DDPMScheduler.from_pretrained, subfolder="scheduler")
+    scheduler = load_pretrained("SD scheduler", source, TRAINING_SCHEDULERS[kind].from_pretrained, subfolder="scheduler")
     with default_dtype(dtype):  # created in the dtype, not cast (diffusers warns on a cast)
-        text_encoder = CLIPTextModel(read("text encoder", CLIPTextConfig.from_pretrained, "text_encoder"))
-        unet = UNet2DConditionModel.from_config(read("UNet", UNet2DConditionModel.load_config, "unet"))
+        text_encoder = FIRST_ENCODERS[kind](read("text encoder", CLIPTextConfig.from_pretrained, "text_encoder"))
+        unet = denoiser_class.from_config(read(subfolder, denoiser_class.load_config, subfolder))
+        if kind != "sd":
+            second = CLIPTextModelWithProjection(read("text encoder 2", CLIPTextConfig.from_pretrained, "text_encoder_2"))
+            text_encoder = join_config_ids(kind, text_encoder, second, unet)
         if cfg.latent_space == "vae":
             vae = AutoencoderKL.from_config(read("VAE", AutoencoderKL.load_config, "vae"))
             return text_encoder, unet, VAELatents(vae), scheduler
     return text_encoder, unet, PixelSpace(), scheduler
 
 
+def join_config_ids(kind: str, first: PreTrainedModel, second: CLIPTextModelWithProjection,
+                    denoiser: nn.Module) -> DualTextEncoder:
+    """Two encoders joined with the end and padding ids of the second's config for both (tiny and
+    empty builds: the tiny tokenizer's ids, or ids no meta build reads)."""
+    config = second.config
+    return join_encoders(kind, first, second, config.eos_token_id, config.pad_token_id, config.pad_token_id,
+                         condition_widths(denoiser)[0])
+
+
+def tiny_clip_config(cfg: DiffusionConfig, sd_vocab: int, width: int, **extra: Any) -> CLIPTextConfig:
+    """A tiny CLIP text encoder's config, ``width`` wide, with the tiny tokenizer's special ids."""
+    return CLIPTextConfig(
+        vocab_size=sd_vocab,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=cfg.text_encoder_layers,
+        num_attention_heads=max(1, width // 16),
+        max_position_embeddings=cfg.text_max_length,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        **extra,
+    )
+
+
+def tiny_text_and_unet(cfg: DiffusionConfig, sd_vocab: int, latents: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The tiny random text encoder(s) and denoiser of ``cfg``'s decoder kind (from the global RNG)."""
+    width = cfg.cross_attention_dim
+    sample_size = cfg.resolution // latents.downsample_factor
+    kind = decoder_kind(cfg)
+    if kind == "sd":
+        text_encoder = CLIPTextModel(tiny_clip_config(cfg, sd_vocab, width))
+        return text_encoder, tiny_unet(cfg, latents.channels, sample_size)
+    if width % 4:
+        raise ConfigError(f"diffusion.cross_attention_dim must be a multiple of 4 for a tiny {kind} (two encoders of "
+                          f"half its width, each projecting to half of that or more), got {width}")
+    half = width // 2  # each encoder's width
+    pooled = half if kind == "sdxl" else half // 2  # SDXL pools from the second encoder, SD3 from both
+    first = FIRST_ENCODERS[kind](tiny_clip_config(cfg, sd_vocab, half, projection_dim=pooled))
+    second = CLIPTextModelWithProjection(tiny_clip_config(cfg, sd_vocab, half, projection_dim=pooled))
+    if kind == "sdxl":
+        denoiser = tiny_unet(
+            cfg, latents.channels, sample_size, addition_embed_type="text_time",
+            addition_time_embed_dim=TINY_TIME_EMBED, projection_class_embeddings_input_dim=half + TIME_IDS * TINY_TIME_EMBED,
+        )
+    else:
+        denoiser = SD3Transformer2DModel(
+            sample_size=sample_size, patch_size=2, in_channels=latents.channels, out_channels=latents.channels,
+            num_layers=2, attention_head_dim=8, num_attention_heads=width // 8, joint_attention_dim=width,
+            caption_projection_dim=width, pooled_projection_dim=2 * pooled, pos_embed_max_size=sample_size // 2,
+        )
+    return join_config_ids(kind, first, second, denoiser), denoiser
+
+
 def build_diffusion(
     cfg: DiffusionConfig, sd_vocab: int, empty: bool = False
-) -> tuple[PreTrainedModel, UNet2DConditionModel, nn.Module, DDPMScheduler]:
-    """Text encoder, UNet, latent space and training scheduler."""
+) -> tuple[nn.Module, nn.Module, nn.Module, SchedulerMixin]:
+    """Text encoder(s), denoiser (UNet or SD3 transformer), latent space and training scheduler,
+    checked to fit each other."""
     dtype = _dtype(cfg.torch_dtype)
     if cfg.path is not None and empty:
-        return empty_diffusion(cfg)
+        text_encoder, unet, latents, scheduler = empty_diffusion(cfg)
+        check_decoder(decoder_kind(cfg, empty=True), text_encoder, unet)
+        return text_encoder, unet, latents, scheduler
     latents = build_latent_space(cfg)
+    kind = decoder_kind(cfg)
     if cfg.path is not None:
         text_encoder = load_text_encoder(cfg)
+        subfolder, denoiser_class = DENOISERS[kind]
         unet = load_pretrained(
-            "SD UNet", cfg.path, UNet2DConditionModel.from_pretrained, subfolder="unet", torch_dtype=dtype
+            f"SD {subfolder}", cfg.path, denoiser_class.from_pretrained, subfolder=subfolder, torch_dtype=dtype
         )
-        scheduler = load_pretrained("SD scheduler", cfg.path, DDPMScheduler.from_pretrained, subfolder="scheduler")
+        check_decoder(kind, text_encoder, unet)
+        scheduler = load_pretrained("SD scheduler", cfg.path, TRAINING_SCHEDULERS[kind].from_pretrained,
+                                    subfolder="scheduler")
         return text_encoder, unet, latents, scheduler
-    width = cfg.cross_attention_dim
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=sd_vocab,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=cfg.text_encoder_layers,
-            num_attention_heads=max(1, width // 16),
-            max_position_embeddings=cfg.text_max_length,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=3,
-        )
-    )
-    unet = tiny_unet(cfg, latents.channels, cfg.resolution // latents.downsample_factor)
-    scheduler = DDPMScheduler.from_config({
-        "num_train_timesteps": cfg.num_train_timesteps, "prediction_type": cfg.prediction_type,
-        "beta_schedule": cfg.beta_schedule, **SD_SAMPLING,
-    })
+    text_encoder, unet = tiny_text_and_unet(cfg, sd_vocab, latents)
+    if kind == "sd3":
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps)
+    else:
+        scheduler = DDPMScheduler.from_config({
+            "num_train_timesteps": cfg.num_train_timesteps, "prediction_type": cfg.prediction_type,
+            "beta_schedule": cfg.beta_schedule, **SD_SAMPLING,
+        })
     if dtype != torch.float32:
         text_encoder, unet = text_encoder.to(dtype), unet.to(dtype)
     return text_encoder, unet, latents, scheduler

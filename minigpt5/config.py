@@ -97,12 +97,15 @@ class DiffusionConfig:
     """The frozen Stable Diffusion parts: text encoder, UNet, latent space, scheduler."""
 
     path: Optional[str] = None  # diffusers folder or hub id; None builds tiny random parts
+    # which decoder: sd (SD 1.x/2.x), sdxl (two text encoders, pooled embedding, time ids), sd3 (a flow-matching
+    # SD3Transformer2DModel), or auto: the folder's model_index.json _class_name (sd without one, and when tiny)
+    kind: Literal["auto", "sd", "sdxl", "sd3"] = "auto"
     resolution: int = 16  # target images are padded square and resized to this
     latent_space: Literal["vae", "pixel"] = "pixel"  # tiny default: diffuse pixels directly
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # tiny only; loaded from path otherwise
     num_train_timesteps: int = 1000  # tiny only
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # tiny only (diffusers' names)
-    cross_attention_dim: int = 32  # tiny only (text encoder width)
+    cross_attention_dim: int = 32  # tiny only (text encoder width; sdxl: two encoders of half of it each)
     unet_channels: tuple[int, ...] = (32, 64)  # tiny only
     vae_channels: tuple[int, ...] = (16, 32)  # tiny only (latent_space vae): one encoder block per width
     vae_layers_per_block: int = 1  # tiny only (SD's VAE has 2)
@@ -114,6 +117,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         _check(self.resolution >= 8 and self.resolution % 8 == 0,
                f"diffusion.resolution must be a positive multiple of 8, got {self.resolution}")
+        _check_choice("diffusion.kind", self.kind, ("auto", "sd", "sdxl", "sd3"))
         _check_choice("diffusion.latent_space", self.latent_space, ("vae", "pixel"))
         _check_choice("diffusion.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
         _check_choice("diffusion.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
@@ -180,18 +184,26 @@ class LossConfig:
     text_weight: float = 0.01
     ldm_weight: float = 1.0
     cap_weight: float = 0.1
-    min_snr_gamma: Optional[float] = 5.0  # None turns Min-SNR weighting off
+    min_snr_gamma: Optional[float] = 5.0  # None turns Min-SNR weighting off (not used by flow matching)
+    # flow matching (diffusion.kind sd3): the density training timesteps are drawn from, as diffusers' SD3
+    # example: logit_normal (sigmoid of a normal with these mean and std) or uniform
+    timestep_density: Literal["logit_normal", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     text_on_caption: bool = True  # stage 1: the caption carries text loss too (official: only the target after it)
 
     def __post_init__(self) -> None:
         for name in ("text_weight", "ldm_weight", "cap_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
+        _check_choice("loss.timestep_density", self.timestep_density, ("logit_normal", "uniform"))
+        _check(self.logit_std > 0, f"loss.logit_std must be > 0, got {self.logit_std}")
 
 
 # Sampling schedulers by name (diffusers classes in minigpt5.guidance.SAMPLERS), each built from
 # the training scheduler's config so its betas and prediction type carry over.
-Sampler = Literal["pndm", "ddim", "ddpm", "dpm++", "unipc", "euler", "euler-a"]
+# flow-euler is the flow-matching decoders' (diffusion.kind sd3), the others the rest's.
+Sampler = Literal["pndm", "ddim", "ddpm", "dpm++", "unipc", "euler", "euler-a", "flow-euler"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(Sampler)
 
 

@@ -12,6 +12,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
     SchedulerMixin,
     UniPCMultistepScheduler,
@@ -25,7 +26,7 @@ from minigpt5.randomness import Generators, draw
 # pndm is what StableDiffusionPipeline samples with for SD 2.1 base, the official code's
 # sampler (its model.py:95-100 and 328 call the pipeline with its own scheduler, 50 steps);
 # SD's scheduler_config.json sets skip_prk_steps, set here too for configs without it (the
-# tiny preset's). The names must match minigpt5.config.Sampler (a test checks).
+# tiny preset's). The names, with FLOW_SAMPLERS', must match minigpt5.config.Sampler (a test checks).
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "ddim": (DDIMScheduler, {}),
@@ -35,14 +36,20 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler-a": (EulerAncestralDiscreteScheduler, {}),
 }
+# The samplers of flow-matching decoders (diffusion.kind sd3), built from their training scheduler's config.
+FLOW_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "flow-euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
 
 
-def build_sampler(name: str, training_config: Mapping[str, Any]) -> SchedulerMixin:
+def build_sampler(name: str, training_config: Mapping[str, Any], flow: bool = False) -> SchedulerMixin:
     """The sampling scheduler ``name`` built from the training scheduler's config (betas,
-    prediction type, timestep offset carry over)."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"guidance.sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
-    cls, settings = SAMPLERS[name]
+    prediction type, timestep offset carry over); ``flow``: a flow-matching decoder's."""
+    samplers = FLOW_SAMPLERS if flow else SAMPLERS
+    if name not in samplers:
+        decoder = " for a flow-matching decoder (diffusion.kind sd3)" if flow else ""
+        raise ConfigError(f"guidance.sampler must be one of {', '.join(samplers)}{decoder}; got {name!r}")
+    cls, settings = samplers[name]
     return cls.from_config(training_config, **settings)
 
 
@@ -92,10 +99,11 @@ def sample_latents(
     """
     latents = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
     scheduler.set_timesteps(num_inference_steps, device=cond.device)
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts from the noise itself
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t)
+        # flow-matching schedulers scale nothing (they have no scale_model_input)
+        model_input = scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
         pred = guided_prediction(denoiser, model_input, t, cond, uncond, scale)
         latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
     return latents

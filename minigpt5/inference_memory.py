@@ -125,9 +125,9 @@ def phase_peaks(model: MiniGPT5) -> PhasePeaks:
     prompt, cache = peak_of(lambda: model.llm_step(embeds, None, use_cache=True, logits_to_keep=1).cache)
     size = cfg.diffusion.resolution // model.latents.downsample_factor
     latents = torch.empty(2, model.unet.config.in_channels, size, size, dtype=model.unet_dtype, **meta)  # (2, c, h, w)
-    cond = torch.empty(2, cfg.mapper.num_queries, model.unet.config.cross_attention_dim, dtype=model.unet_dtype, **meta)
+    cond = torch.empty(2, *model.condition_shape, dtype=model.unet_dtype, **meta)  # (2, Q, C) (SDXL: Q + 1 rows)
     timestep = torch.zeros((), dtype=torch.long, **meta)
-    unet, _ = peak_of(lambda: model.unet(latents, timestep, encoder_hidden_states=cond).sample)
+    unet, _ = peak_of(lambda: model.denoise(latents, timestep, cond))
     vae, _ = peak_of(lambda: model.latents.decode(latents[:1]))
     vision = 0
     if model.vision is not None:

@@ -42,8 +42,10 @@ def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     return classes
 
 
-def unet_block_classes(unet: UNet2DConditionModel) -> set[type[nn.Module]]:
-    """Classes of the UNet's down, mid and up blocks."""
+def unet_block_classes(unet: nn.Module) -> set[type[nn.Module]]:
+    """Classes of the UNet's down, mid and up blocks (an SD3 transformer's: its transformer blocks)."""
+    if not isinstance(unet, UNet2DConditionModel):
+        return {type(b) for b in unet.transformer_blocks}
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     return {type(b) for b in blocks if b is not None}
 

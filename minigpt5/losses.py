@@ -1,4 +1,4 @@
-"""The three MiniGPT-5 losses as pure functions."""
+"""The three MiniGPT-5 losses as pure functions (the LDM loss, or flow matching for SD3-family decoders)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,53 @@ def ldm_loss(
 def cap_loss(mapped: torch.Tensor, caption_embeddings: torch.Tensor) -> torch.Tensor:
     """MSE between mapper output (N, Q, C) and the SD text encoder's caption output (N, Q, C)."""
     return F.mse_loss(mapped.float(), caption_embeddings.float())
+
+
+def flow_matching_indices(
+    n: int, num_train_timesteps: int, density: str, logit_mean: float, logit_std: float,
+    generator: Generators, device: torch.device,
+) -> torch.Tensor:
+    """Training-schedule indices (n,) drawn as diffusers' SD3 training example draws them: u from a
+    logit-normal (sigmoid of a normal) or uniform density, index floor(u * num_train_timesteps)."""
+    if density == "logit_normal":
+        u = torch.sigmoid(draw(torch.randn, (n,), generator, device=device) * logit_std + logit_mean)
+    elif density == "uniform":
+        u = draw(torch.rand, (n,), generator, device=device)
+    else:
+        raise ValueError(f"unsupported timestep density {density!r} (logit_normal or uniform)")
+    # u rounds to 1.0 for large normal draws in float32: keep the last index in range
+    return (u * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+
+
+def flow_matching_loss(
+    denoiser: Denoiser,
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    conditioning: torch.Tensor,
+    *,
+    noise: Optional[torch.Tensor] = None,
+    indices: Optional[torch.Tensor] = None,
+    density: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    generator: Generators = None,
+) -> torch.Tensor:
+    """Rectified-flow MSE (SD3) for latents (N, c, h, w) under conditioning (N, Q, C).
+
+    At the training schedule's index i (drawn by :func:`flow_matching_indices` when not given),
+    sigma and the timestep are the scheduler's ``sigmas[i]`` and ``timesteps[i]``; the input is
+    (1 - sigma) x0 + sigma noise and the target the velocity noise - x0, unweighted (the
+    example's weighting for both densities), MSE in float32.
+    """
+    n = latents.shape[0]
+    if noise is None:
+        noise = draw(torch.randn, latents.shape, generator, device=latents.device, dtype=latents.dtype)
+    if indices is None:
+        indices = flow_matching_indices(n, scheduler.config.num_train_timesteps, density, logit_mean, logit_std,
+                                        generator, latents.device)
+    sigmas = scheduler.sigmas.to(latents.device)[indices].view(n, *[1] * (latents.dim() - 1))  # (N, 1, 1, 1)
+    timesteps = scheduler.timesteps.to(latents.device)[indices]  # (N,)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    pred = denoiser(noisy.to(latents.dtype), timesteps, conditioning)
+    target = noise - latents
+    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.dim()))).mean()

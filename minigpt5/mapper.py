@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
-from minigpt5.config import MapperConfig
+from minigpt5.config import ConfigError, MapperConfig
+from minigpt5.sdxl import pack
 
 
 class FeatureMapper(nn.Module):
     """MLP then an encoder-decoder transformer whose decoder reads learnable queries.
 
-    (N, n_vokens, llm_hidden) -> (N, num_queries, cross_attention_dim).
+    (N, n_vokens, llm_hidden) -> (N, num_queries, cross_attention_dim), or with ``pooled_width``
+    (SDXL) -> (N, num_queries + 1, cross_attention_dim): a pooled head, a linear layer on the
+    mean of the output rows, gives the pooled text embedding, packed as :func:`minigpt5.sdxl.pack` packs it.
 
     The decoder's first self-attention reads only the queries, so it is the same for every
     sample: :meth:`forward` runs it once per batch and expands the result, where
@@ -19,7 +24,9 @@ class FeatureMapper(nn.Module):
     is active).
     """
 
-    def __init__(self, cfg: MapperConfig, llm_hidden: int, cross_attention_dim: int) -> None:
+    def __init__(
+        self, cfg: MapperConfig, llm_hidden: int, cross_attention_dim: int, pooled_width: Optional[int] = None
+    ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(llm_hidden, cfg.width), nn.GELU(), nn.Linear(cfg.width, cfg.width))
         self.transformer = nn.Transformer(
@@ -37,6 +44,10 @@ class FeatureMapper(nn.Module):
         # The paper's width equals SD 2.1's text width (1024) and has no output head;
         # a narrower mapper (the tiny preset) gets a linear head to the UNet's width.
         self.out = nn.Identity() if cfg.width == cross_attention_dim else nn.Linear(cfg.width, cross_attention_dim)
+        if pooled_width is not None and pooled_width > cross_attention_dim:
+            raise ConfigError(f"the pooled text embedding ({pooled_width} wide) must not be wider than the "
+                              f"cross-attention width ({cross_attention_dim})")
+        self.pooled = None if pooled_width is None else nn.Linear(cross_attention_dim, pooled_width)
 
     def query_self_attention(self, rows: int) -> torch.Tensor:
         """The first decoder layer's residual self-attention block over the queries -> (rows, Q, W)."""
@@ -55,4 +66,7 @@ class FeatureMapper(nn.Module):
         y = y + first._ff_block(first.norm3(y))
         for layer in rest:
             y = layer(y, memory)
-        return self.out(self.transformer.decoder.norm(y))  # (N, Q, C)
+        tokens = self.out(self.transformer.decoder.norm(y))  # (N, Q, C)
+        if self.pooled is None:
+            return tokens
+        return pack(tokens, self.pooled(tokens.mean(dim=1)))  # (N, Q + 1, C)

@@ -153,8 +153,8 @@ class StepShapes:
         unet = model.unet.config
         self.latents = torch.empty(batch, unet.in_channels, size, size, dtype=model.unet_dtype, **meta)  # (N, c, h, w)
         self.timesteps = torch.empty(batch, dtype=torch.long, **meta)
-        self.cond = torch.empty(batch, cfg.mapper.num_queries, unet.cross_attention_dim, dtype=model.unet_dtype,
-                                requires_grad=True, **meta)  # (N, Q, C)
+        self.cond = torch.empty(batch, *model.condition_shape, dtype=model.unet_dtype,
+                                requires_grad=True, **meta)  # (N, Q, C) (SDXL: Q + 1 rows)
 
 
 def measure_activations(model: MiniGPT5, batch: int, seq_len: int) -> Activations:
@@ -168,7 +168,7 @@ def measure_activations(model: MiniGPT5, batch: int, seq_len: int) -> Activation
         F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x.labels)
 
     def unet() -> None:  # as ldm_loss runs it: UNet, then MSE in float32
-        pred = model.unet(x.latents, x.timesteps, encoder_hidden_states=x.cond).sample
+        pred = model.denoise(x.latents, x.timesteps, x.cond)
         F.mse_loss(pred.float(), x.latents.float())
 
     llm_layer = largest_unit(counter, model.llm, layer_classes(model.llm), llm)

@@ -9,22 +9,27 @@ from functools import cached_property
 from typing import Any, ContextManager, Optional
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import nn
 
 from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config, stage_of
+from minigpt5.decoders import condition_widths
 from minigpt5.families import check_llm, logit_softcap
 from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
-from minigpt5.losses import cap_loss, ldm_loss, text_loss
+from minigpt5.losses import cap_loss, flow_matching_loss, ldm_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.offload import Device, Offloader
 from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
+from minigpt5.sd3 import denoise as sd3_denoise
+from minigpt5.sdxl import DualTextEncoder
+from minigpt5.sdxl import denoise as sdxl_denoise
 from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
 from minigpt5.templates import Conversation, Template, build_template, prepare_caption
 from minigpt5.vision import IMAGE_TOKEN
@@ -132,7 +137,10 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         )
         self.llm, self._adapter_names = apply_adapter(parts.llm, cfg.peft)
         hidden = parts.llm.config.hidden_size
-        self.mapper = FeatureMapper(cfg.mapper, hidden, parts.unet.config.cross_attention_dim)
+        # the denoiser's row width, and its pooled text embedding's (SDXL, SD3; None for SD)
+        self.condition_width, self.pooled_width = condition_widths(parts.unet)
+        self.mapper = FeatureMapper(cfg.mapper, hidden, self.condition_width, self.pooled_width)
+        self.flow_matching = isinstance(parts.scheduler, FlowMatchEulerDiscreteScheduler)  # SD3's rectified flow
         self.text_encoder = parts.text_encoder
         self.unet = parts.unet
         self.latents = parts.latents
@@ -368,8 +376,21 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     # ---- the diffusion side ----
 
+    @property
+    def condition_shape(self) -> tuple[int, int]:
+        """One sample's conditioning (Q, C), or (Q + 1, C) with a pooled row (:mod:`minigpt5.sdxl`)."""
+        rows = self.cfg.mapper.num_queries + (self.pooled_width is not None)
+        return rows, self.condition_width
+
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy.to(self.unet_dtype), timesteps, encoder_hidden_states=cond.to(self.unet_dtype)).sample
+        """The denoiser's prediction for noisy latents (N, c, h, w) under conditioning (N, Q, C)
+        (SDXL's and SD3's packed: :mod:`minigpt5.sdxl`)."""
+        noisy, cond = noisy.to(self.unet_dtype), cond.to(self.unet_dtype)
+        if isinstance(self.unet, SD3Transformer2DModel):
+            return sd3_denoise(self.unet, noisy, timesteps, cond)
+        if self.pooled_width is not None:
+            return sdxl_denoise(self.unet, noisy, timesteps, cond, self.cfg.diffusion.resolution)
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond).sample
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
@@ -425,13 +446,17 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def caption_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The CAP targets (N, L, C): the text encoder's output on ``caption_ids``, taken from
-        ``caption_embeddings`` where the batch has them cached; the rest are encoded now."""
+        """The CAP targets (N, L, C) (SDXL's and SD3's packed: (N, L + 1, C)): the text encoder's output on
+        ``caption_ids``, taken from ``caption_embeddings`` where the batch has them cached; the rest
+        are encoded now."""
         ids = batch["caption_ids"]
         embeddings = batch.get("caption_embeddings")
         if embeddings is None:
             return self.encode_captions(ids)
-        expected = (ids.shape[1], self.text_encoder.config.hidden_size)
+        if isinstance(self.text_encoder, DualTextEncoder):
+            expected = self.text_encoder.output_shape(ids.shape[1])
+        else:
+            expected = (ids.shape[1], self.text_encoder.config.hidden_size)
         check_cached_shape("caption_embeddings", embeddings, expected, "caption",
                            f"this model's text encoder on caption_ids of length {ids.shape[1]}")
         cached = batch.get("caption_cached")
@@ -458,6 +483,15 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     # ---- training ----
 
+    def diffusion_loss(self, latents: torch.Tensor, cond: torch.Tensor, generator: Generators) -> torch.Tensor:
+        """The LDM loss of latents (N, c, h, w) under conditioning (N, Q, C); flow matching for SD3's decoders."""
+        loss = self.cfg.loss
+        if self.flow_matching:
+            return flow_matching_loss(self.denoise, self.scheduler, latents, cond, density=loss.timestep_density,
+                                      logit_mean=loss.logit_mean, logit_std=loss.logit_std, generator=generator)
+        return ldm_loss(self.denoise, self.scheduler, latents, cond, min_snr_gamma=loss.min_snr_gamma,
+                        generator=generator)
+
     def forward(self, batch: dict[str, torch.Tensor], generator: Generators = None) -> MiniGPT5Output:
         """Named losses of ``batch``. ``generator``: one for the batch's random draws (noise,
         timesteps, guidance dropout, VAE sampling), or one per target image."""
@@ -474,10 +508,7 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         cond = self.condition(features)  # (N, Q, C)
         flips = self.training_flips(features.shape[0], generator, features.device)  # augment.hflip
         latents = self.target_latents(batch, generator, flips)  # (N, c, h, w)
-        loss_ldm = ldm_loss(
-            self.denoise, self.scheduler, latents, cond,
-            min_snr_gamma=self.cfg.loss.min_snr_gamma, generator=generator,
-        )
+        loss_ldm = self.diffusion_loss(latents, cond, generator)
         loss_cap = None
         if self.cfg.loss.cap_weight > 0 and "caption_ids" in batch:
             caption_ids = batch["caption_ids"]
@@ -537,7 +568,7 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         g = self.cfg.guidance
         size = self.cfg.diffusion.resolution // self.latents.downsample_factor
         shape = (cond.shape[0], self.unet.config.in_channels, size, size)
-        scheduler = build_sampler(sampler or g.sampler, self.scheduler.config)
+        scheduler = build_sampler(sampler or g.sampler, self.scheduler.config, flow=self.flow_matching)
         with self.using(self.unet, self.latents):
             latents = sample_latents(
                 self.denoise, scheduler, shape, cond.to(self.unet_dtype), uncond.expand_as(cond).to(self.unet_dtype),

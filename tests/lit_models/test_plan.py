@@ -1,4 +1,4 @@
-"""Paper-size parameter counts on the meta device, and `minigpt5 plan`'s arithmetic."""
+"""Paper-size parameter counts on the meta device (SDXL base too), and `minigpt5 plan`'s arithmetic."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from lit_models.plan import (
     ModelSizes,
     device_count,
     footprint,
+    format_plan,
     make_plan,
     model_sizes,
     read_settings,
 )
 from minigpt5.config import ConfigError
 from minigpt5.model import MiniGPT5
+from minigpt5.sdxl import DualTextEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE1 = ["configs/uas.yaml", "configs/model/paper.yaml"]
@@ -185,3 +187,88 @@ def test_plan_command_runs_offline_on_the_paper_configs():
     totals = next(line for line in out.stdout.splitlines() if line.startswith("total, checkpointing off"))
     ddp, zero2, zero3, fsdp = (float(v) for v in totals.split()[-4:])
     assert zero3 < fsdp < zero2 < ddp  # sharding the 8B frozen weights is what matters
+
+
+# ---- SDXL base 1.0 (configs/model/sdxl.yaml) ----
+
+SDXL = [*STAGE1, "configs/model/sdxl.yaml"]
+# Published counts of stabilityai/stable-diffusion-xl-base-1.0's parts (the UNet is SDXL's "2.6B"):
+# UNet, text_encoder (CLIP ViT-L/14's text tower), text_encoder_2 (OpenCLIP ViT-bigG/14's, with projection), VAE
+SDXL_UNET, SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_VAE = 2_567_463_684, 123_060_480, 694_659_840, 83_653_863
+
+
+def sdxl_mapper() -> int:
+    """The paper's mapper (width 1024) with a head to SDXL's 2048-wide rows and the pooled head to 1280."""
+    return sum(mapper().values()) + linear(1024, 2048) + linear(2048, 1280)
+
+
+@pytest.fixture(scope="module")
+def sdxl_settings():
+    return settings(SDXL)
+
+
+def test_sdxl_overlay_sizes_on_meta(sdxl_settings):
+    cfg = sdxl_settings.model
+    assert (cfg.diffusion.path, cfg.diffusion.kind, cfg.diffusion.resolution) == (
+        "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024)
+    assert cfg.llm.path == "Vision-CAIR/vicuna-7b"  # the paper's LLM
+    model = MiniGPT5.on_meta(cfg)
+    encoders = model.text_encoder
+    assert isinstance(encoders, DualTextEncoder)
+    numel = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert numel(model.unet) == SDXL_UNET
+    assert numel(encoders.text_encoder) == SDXL_TEXT_ENCODER
+    assert numel(encoders.text_encoder_2) == SDXL_TEXT_ENCODER_2
+    assert numel(model.latents) == SDXL_VAE
+    assert (encoders.width, encoders.pooled_width, model.condition_shape) == (2048, 1280, (78, 2048))
+    assert numel(model.mapper) == sdxl_mapper()
+    total, trainable = counts(model)
+    assert trainable == VOKEN_ROWS + sdxl_mapper()
+    assert total == (llama_7b() + VOKEN_ROWS + sdxl_mapper()
+                     + SDXL_UNET + SDXL_TEXT_ENCODER + SDXL_TEXT_ENCODER_2 + SDXL_VAE)
+
+
+def test_plan_figures_for_sdxl(sdxl_settings):
+    plan = make_plan(sdxl_settings)
+    text = format_plan(plan)
+    total = llama_7b() + VOKEN_ROWS + sdxl_mapper() + SDXL_UNET + SDXL_TEXT_ENCODER + SDXL_TEXT_ENCODER_2 + SDXL_VAE
+    assert f"parameters {total:,}" in text
+    assert "1024px targets" in text
+    # 128x128 latents through a 2.6B UNet: its activations exceed the LLM's at 512 tokens, and checkpointing cuts them.
+    assert plan.activations_off.unet > plan.activations_off.llm > 0
+    assert plan.activations_on.unet < plan.activations_off.unet / 2
+
+
+# ---- SD3 medium (configs/model/sd3.yaml), without its optional T5 encoder ----
+
+SD3 = [*STAGE1, "configs/model/sd3.yaml"]
+# stabilityai/stable-diffusion-3-medium-diffusers' parts: the transformer (SD3 medium's "2B"), text_encoder (CLIP
+# ViT-L/14's text tower with its projection), text_encoder_2 (OpenCLIP ViT-bigG/14's), the 16-channel VAE
+SD3_TRANSFORMER, SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_VAE = 2_028_328_000, 123_650_304, 694_659_840, 83_819_683
+
+
+def sd3_mapper() -> int:
+    """The paper's mapper with a head to the 4096-wide joint attention rows and the pooled head to 2048."""
+    return sum(mapper().values()) + linear(1024, 4096) + linear(4096, 2048)
+
+
+def test_sd3_overlay_sizes_and_plan_on_meta():
+    run = settings(SD3)
+    cfg = run.model
+    assert (cfg.diffusion.kind, cfg.guidance.sampler, cfg.loss.timestep_density) == ("sd3", "flow-euler", "logit_normal")
+    model = MiniGPT5.on_meta(cfg)
+    encoders = model.text_encoder
+    numel = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert type(model.unet).__name__ == "SD3Transformer2DModel" and model.flow_matching
+    assert numel(model.unet) == SD3_TRANSFORMER
+    assert (numel(encoders.text_encoder), numel(encoders.text_encoder_2)) == (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2)
+    assert numel(model.latents) == SD3_VAE and model.latents.shift_factor == 0.0609
+    assert (encoders.width, encoders.pooled_width, model.condition_shape) == (4096, 2048, (78, 4096))
+    total, trainable = counts(model)
+    assert trainable == VOKEN_ROWS + sd3_mapper()
+    expected = (llama_7b() + VOKEN_ROWS + sd3_mapper()
+                + SD3_TRANSFORMER + SD3_TEXT_ENCODER + SD3_TEXT_ENCODER_2 + SD3_VAE)
+    assert total == expected
+    plan = make_plan(run)
+    assert f"parameters {expected:,}" in format_plan(plan)
+    assert plan.activations_on.unet < plan.activations_off.unet / 2  # its 24 joint blocks checkpointed

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_models.text_to_image import TextToImageModule
-from minigpt5.config import DiffusionConfig, MiniGPT5Config
+from minigpt5.config import ConfigError, DiffusionConfig, MiniGPT5Config
 from minigpt5.sequences import tokenize_for_text_encoder
 
 
@@ -38,3 +38,8 @@ def test_the_tiny_scheduler_takes_the_configured_schedule():
     assert (config.beta_schedule, config.prediction_type) == ("squaredcos_cap_v2", "v_prediction")
     assert float(module.scheduler.alphas_cumprod[-1]) < 1e-3  # the cosine schedule ends near pure noise
     assert TextToImageModule().scheduler.config.beta_schedule == "linear"
+
+
+def test_an_sdxl_stand_in_is_refused_clearly():
+    with pytest.raises(ConfigError, match="SD 1.x/2.x-style stand-ins only; diffusion.kind is sdxl"):
+        TextToImageModule(config=MiniGPT5Config(diffusion=DiffusionConfig(kind="sdxl")))

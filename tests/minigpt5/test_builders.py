@@ -173,3 +173,36 @@ def test_local_diffusion_folder_round_trip(tmp_path):
     shutil.rmtree(folder / "vae")
     with pytest.raises(WeightsNotFoundError, match="vae"):
         build_components(MiniGPT5Config(diffusion=DiffusionConfig(path=str(folder), latent_space="vae")))
+
+
+def test_v_prediction_folder_trains_on_velocity(tmp_path):
+    """A folder whose scheduler predicts v, as SD 2.1-768's does: the loaded model's LDM target is the velocity."""
+    import json
+
+    from minigpt5.losses import ldm_loss
+
+    parts = build_components(MiniGPT5Config())
+    folder = tmp_path / "sd-768"
+    parts.sd_tokenizer.save_pretrained(folder / "tokenizer")
+    parts.text_encoder.save_pretrained(folder / "text_encoder")
+    parts.unet.save_pretrained(folder / "unet")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({  # stabilityai/stable-diffusion-2-1's
+        "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+        "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+    }))
+    model = MiniGPT5(MiniGPT5Config(diffusion=DiffusionConfig(path=str(folder))))
+    assert model.scheduler.config.prediction_type == "v_prediction"
+    assert build_sampler("pndm", model.scheduler.config).config.prediction_type == "v_prediction"
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    cond, timesteps = model.null_condition(2), torch.tensor([100, 900])
+    loss = ldm_loss(model.denoise, model.scheduler, x0, cond, noise=noise, timesteps=timesteps, min_snr_gamma=None)
+    ab = model.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        pred = model.denoise(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, timesteps, cond)
+    velocity = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    torch.testing.assert_close(loss, ((pred - velocity) ** 2).mean())
+    assert not torch.allclose(loss, ((pred - noise) ** 2).mean())
