@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule
 from lit_models.checkpoint_files import load_checkpoint_file
 from lit_models.export import saved_fingerprint, trainable_weights
 from lit_models.optim import OptimConfig, configure_adamw
+from minigpt5.adapters import resolve_lora_targets
 from minigpt5.config import ConfigError, MiniGPT5Config, model_differences
 from minigpt5.fingerprint import CHECKPOINT_KEY, check_frozen_parts, part_paths
 from minigpt5.losses import IGNORE_INDEX
@@ -227,7 +228,8 @@ class MiniGPT5Module(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("config")
-        changed = model_differences(saved, self.config) if saved is not None else []
+        resolve = resolve_lora_targets(self.model.llm)  # null targets and the family's names agree
+        changed = model_differences(saved, self.config, resolve) if saved is not None else []
         if changed:
             raise ConfigError(
                 "the checkpoint was trained with another model than this config builds, so its weights mean "

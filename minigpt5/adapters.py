@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
@@ -88,3 +88,19 @@ def cache_argument(llm: nn.Module) -> str:
 def _cache_argument_of(model_class: type) -> str:
     # Read once per class: generation asks at every token, and a signature costs ~0.15 ms.
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def resolve_lora_targets(llm: nn.Module) -> Callable[[str, Any], Any]:
+    """For :func:`minigpt5.config.model_differences`: ``peft.lora_target_modules`` as what it
+    means on ``llm`` (null: the family's q and v, so null and ``[q_proj, v_proj]`` agree on a
+    Llama); every other setting, and names ``llm`` lacks, as written."""
+    llm = base_model(llm)
+
+    def resolve(key: str, value: Any) -> Any:
+        if key != "peft.lora_target_modules":
+            return value
+        try:
+            return lora_targets(llm, tuple(value) if value is not None else None)
+        except ConfigError:
+            return value
+    return resolve

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Callable, Literal, Optional, get_args
 
 
 class ConfigError(ValueError):
@@ -289,10 +289,16 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
 
 
-def model_differences(saved: Any, current: "MiniGPT5Config") -> list[str]:
+def model_differences(
+    saved: Any, current: "MiniGPT5Config", resolve: Optional[Callable[[str, Any], Any]] = None
+) -> list[str]:
     """The settings that make a checkpoint of ``saved`` (a config or its dict) meaningless
-    for ``current``, as ``key: saved -> current``; harmless ones (above) are left out."""
+    for ``current``, as ``key: saved -> current``; harmless ones (above) are left out.
+    ``resolve(key, value)``: what a value means for the model at hand (e.g. null LoRA
+    targets are the LLM family's q and v), compared in place of the values as written."""
     old, new = _flat(saved), _flat(current)
+    if resolve is not None:
+        old, new = ({k: resolve(k, v) for k, v in side.items()} for side in (old, new))
     no_adapter = old.get("peft.method") == new.get("peft.method") == "none"
     changed = []
     for key in sorted(old.keys() & new.keys()):  # a setting one side lacks is older or newer than it

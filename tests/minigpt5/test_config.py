@@ -47,6 +47,26 @@ def test_adapter_settings_matter_only_with_an_adapter():
         "peft.lora_target_modules: ['q_proj'] -> None"]
 
 
+def test_lora_targets_compare_by_the_modules_they_name(tiny_model):
+    """A checkpoint of ``[q_proj, v_proj]`` resumes under null (a Llama's q and v) and the other way;
+    other targets still differ, shown as the modules each names."""
+    from minigpt5.adapters import resolve_lora_targets
+
+    resolve = resolve_lora_targets(tiny_model.llm)
+
+    def lora(targets):
+        return MiniGPT5Config(peft=PeftSettings(method="lora", lora_target_modules=targets))
+
+    assert model_differences(lora(["q_proj", "v_proj"]), lora(None), resolve) == []
+    assert model_differences(lora(None), lora(["q_proj", "v_proj"]), resolve) == []
+    assert model_differences(lora(["q_proj"]), lora(None), resolve) == [
+        "peft.lora_target_modules: ['q_proj'] -> ['q_proj', 'v_proj']"]
+    assert model_differences(lora(["all-linear"]), lora(None), resolve) == [
+        "peft.lora_target_modules: 'all-linear' -> ['q_proj', 'v_proj']"]
+    assert model_differences(lora(["no_such"]), lora(None), resolve) == [  # names it lacks: as written
+        "peft.lora_target_modules: ['no_such'] -> ['q_proj', 'v_proj']"]
+
+
 @pytest.mark.parametrize(
     "make, field",
     [
