@@ -145,3 +145,31 @@ def test_plan_on_the_meta_device(family):
     assert plan.sizes.frozen == llm_parameters(llm_config(s.model.llm, empty=True)) + SD21
     assert plan.activations_on.llm < plan.activations_off.llm / 4  # its decoder layers checkpointed
     assert plan.footprints()["fsdp"].frozen_weights == 4 * plan.sizes.frozen  # one GPU, fp32 under FSDP
+
+
+# ---- an LLM overlay and a decoder overlay together ----
+
+COMBINATIONS = [("qwen2", "sdxl"), ("llama", "sd3")]  # configs/model/qwen2.5-7b.yaml + sdxl.yaml, llama-3.1-8b + sd3
+
+
+@pytest.mark.parametrize("family, decoder", COMBINATIONS)
+def test_an_llm_overlay_and_a_decoder_overlay_compose(family, decoder):
+    """``-c configs/model/<decoder>.yaml -c configs/model/<llm>.yaml``: the one's decoder with the other's LLM,
+    each at its published size, and a mapper from the LLM's width to the decoder's rows and pooled embedding."""
+    from test_plan import (
+        SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TRANSFORMER, SD3_VAE, SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2,
+        SDXL_UNET, SDXL_VAE, mapper,
+    )
+
+    decoders = {"sdxl": (SDXL_UNET, SDXL_TEXT_ENCODER + SDXL_TEXT_ENCODER_2, SDXL_VAE, 2048, 1280),
+                "sd3": (SD3_TRANSFORMER, SD3_TEXT_ENCODER + SD3_TEXT_ENCODER_2, SD3_VAE, 4096, 2048)}
+    denoiser, encoders, vae, width, pooled = decoders[decoder]
+    model = MiniGPT5.on_meta(settings(family, [*STAGE1, f"configs/model/{decoder}.yaml"]).model)
+    config = model.llm.config
+    assert config.model_type == family and count(model.llm.parameters()) == llm_parameters(config)
+    assert (count(model.unet.parameters()), count(model.text_encoder.parameters()),
+            count(model.latents.parameters())) == (denoiser, encoders, vae)
+    assert (model.condition_width, model.pooled_width) == (width, pooled)
+    hidden = config.hidden_size
+    assert count(model.mapper.parameters()) == (sum(mapper(hidden=hidden).values())
+                                                + linear(1024, width) + linear(width, pooled))
