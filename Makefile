@@ -96,8 +96,12 @@ reproduce: install
 	@test -d $(DEMO)/tiny_lm/model || $(MAKE) demo
 	$(BIN)/minigpt5 reproduce --assets $(DEMO) --out outputs/reproduce $(ARGS)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each test with one intra-op thread
+# (tests/conftest.py): the tests are small and mostly single-threaded, so two processes keep
+# two cores busy (docs/status.md, "The suite's time"). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 train-uas: install
 	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/paper.yaml $(ARGS)
