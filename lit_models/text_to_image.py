@@ -85,7 +85,8 @@ class TextToImageModule(LightningModule):
         root = Path(directory)
         encoders = {"text_encoder": self.text_encoder}
         if isinstance(self.text_encoder, DualTextEncoder):
-            encoders = {"text_encoder": self.text_encoder.text_encoder, "text_encoder_2": self.text_encoder.text_encoder_2}
+            encoders = {"text_encoder": self.text_encoder.text_encoder,
+                        "text_encoder_2": self.text_encoder.text_encoder_2}
         tokenizers = {name.replace("text_encoder", "tokenizer"): self.sd_tokenizer for name in encoders}
         denoiser = decoders.DENOISERS[self.kind][0]
         parts = {**encoders, **tokenizers, denoiser: self.unet, "scheduler": self.scheduler}

@@ -49,7 +49,7 @@ FIRST_ENCODERS: dict[str, type[PreTrainedModel]] = {
 
 def decoder_kind(cfg: DiffusionConfig, empty: bool = False) -> str:
     """``diffusion.kind``; for auto, what the folder's model_index.json ``_class_name`` names
-    (sd for the tiny parts and for a folder without one, as this project's tiny SD exports are)."""
+    (sd for the tiny parts and for a folder without one, such as a tiny SD exported before pretrain-sd wrote one)."""
     if cfg.kind != "auto":
         return cfg.kind
     if cfg.path is None:

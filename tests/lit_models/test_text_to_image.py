@@ -57,14 +57,16 @@ def test_each_kind_trains_and_loads_back_as_trained(tmp_path, kind, pipeline, pa
     assert _changed_after_a_step(module) == {"text_encoder": True, "unet": True}  # SDXL's, SD3's: both encoders
     module.export(str(tmp_path))
     assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == pipeline
-    assert {p.name for p in tmp_path.iterdir()} == {"model_index.json", "scheduler", "text_encoder", "tokenizer", *parts}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"model_index.json", "scheduler", "text_encoder", "tokenizer", *parts}
 
     cfg = DiffusionConfig(path=str(tmp_path))  # kind auto: read from model_index.json
     assert decoder_kind(cfg) == kind
     text_encoder, unet, _, scheduler = build_diffusion(cfg, len(build_sd_tokenizer(cfg)))
     assert type(scheduler) is type(module.scheduler)
-    settings = [{k: v for k, v in c.items() if not k.startswith("_")} for c in (scheduler.config, module.scheduler.config)]
-    assert settings[0] == settings[1]
+    loaded_settings, settings = ({k: v for k, v in c.items() if not k.startswith("_")}
+                                 for c in (scheduler.config, module.scheduler.config))
+    assert loaded_settings == settings
     module.eval()
     ids = tokenize_for_text_encoder(module.sd_tokenizer, ["a green triangle", ""], 8)
     noisy, timesteps = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])

@@ -26,10 +26,12 @@ def test_the_loss_is_flow_matching_for_sd3_and_the_ldm_loss_otherwise(kind):
         """The shared loss under ``settings`` is ``direct``'s, from the same draws."""
         with torch.no_grad():
             shared = decoders.diffusion_loss(call, scheduler, latents, cond, settings, torch.Generator().manual_seed(1))
-            return torch.equal(shared, direct(call, scheduler, latents, cond, generator=torch.Generator().manual_seed(1)))
+            own = direct(call, scheduler, latents, cond, generator=torch.Generator().manual_seed(1))
+            return torch.equal(shared, own)
 
     if kind == "sd3":
-        assert same(LossConfig(timestep_density="uniform"), lambda *a, **k: flow_matching_loss(*a, density="uniform", **k))
+        assert same(LossConfig(timestep_density="uniform"),
+                    lambda *a, **k: flow_matching_loss(*a, density="uniform", **k))
         assert same(LossConfig(logit_mean=0.5, logit_std=2.0),
                     lambda *a, **k: flow_matching_loss(*a, logit_mean=0.5, logit_std=2.0, **k))
     else:
