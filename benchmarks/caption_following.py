@@ -21,21 +21,33 @@ from torchvision.utils import make_grid
 from data_modules.synthetic import COLOURS, SHAPES, caption_for, colour_of, dominant_colour, dominant_shape, shape_of
 from lit_models.module import MiniGPT5Module
 from minigpt5.images import to_pil_images
+from minigpt5.sequences import tokenize_for_text_encoder
 
 
 def caption_scores(
     module: MiniGPT5Module, captions: list[str], seeds: int, scale: float, steps: int, sampler: Optional[str] = None,
+    decoder_alone: bool = False,
 ) -> tuple[float, float, torch.Tensor]:
     """Fractions of images whose dominant colour and whose shape are the caption's, and the images;
-    ``sampler`` None: the model's own (guidance.sampler)."""
+    ``sampler`` None: the model's own (guidance.sampler); ``decoder_alone``: the frozen decoder
+    from its own text encoders' caption embeddings (what it learned in pretraining), no vokens."""
     module.eval()
-    images = torch.cat([
-        module.model.generate_images(
-            captions, scale=scale, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-            sampler=sampler,
-        )
-        for seed in range(seeds)
-    ])  # (seeds * C, 3, H, W)
+    model = module.model
+    images = []
+    for seed in range(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        if decoder_alone:
+            length = model.cfg.diffusion.text_max_length
+            ids = tokenize_for_text_encoder(model.sd_tokenizer, captions, length)
+            images.append(model.images_from_condition(
+                model.encode_captions(ids), model.null_caption(length, ids.device), scale=scale,
+                num_inference_steps=steps, generator=generator, sampler=sampler,
+            ))
+        else:
+            images.append(model.generate_images(
+                captions, scale=scale, num_inference_steps=steps, generator=generator, sampler=sampler,
+            ))
+    images = torch.cat(images)  # (seeds * C, 3, H, W)
     pils = to_pil_images(images)
     wanted = captions * seeds
     colours = [dominant_colour(p) == colour_of(c) for p, c in zip(pils, wanted)]
@@ -50,6 +62,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=None, help="guidance scale (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the config's)")
     parser.add_argument("--out", default=None, help="PNG path for the trained/untrained comparison grid")
+    parser.add_argument("--decoder-alone", action="store_true",
+                        help="also score the frozen decoder from its own caption embeddings (no vokens)")
     args = parser.parse_args()
 
     trained = MiniGPT5Module.from_checkpoint(args.ckpt)
@@ -70,6 +84,11 @@ def main() -> None:
           f"chance {results['chance']:.0%} ({results['images_per_model']} images each, guidance {scale}, {steps} steps)")
     print(f"shape follows caption: trained {results['trained_shape']:.0%}, untrained {results['untrained_shape']:.0%}, "
           f"chance {1 / len(SHAPES):.0%}")
+    if args.decoder_alone:
+        results["decoder"], results["decoder_shape"], _ = caption_scores(
+            trained, captions, args.seeds, scale, steps, decoder_alone=True)
+        print(f"decoder alone, from its caption embeddings: colour {results['decoder']:.0%}, "
+              f"shape {results['decoder_shape']:.0%}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,30 +1,34 @@
-"""Pretrain the tiny Stable Diffusion stand-in (text encoder -> UNet) on image-caption shards.
+"""Pretrain the tiny Stable Diffusion stand-in (text encoder -> denoiser) on image-caption shards.
 
 The paper starts from a pretrained, frozen SD 2.1. No SD weights can be downloaded here,
 so the demo first trains the tiny UNet on its own captions and exports a diffusers-format
 folder; stage 1 then loads it through the same ``from_pretrained`` path as the real SD,
 and keeps it frozen. SD's CLIP text encoder was trained before SD itself; a random tiny
 one is no stand-in for it, so ``train_text_encoder`` trains it with the UNet here (the
-demo does: configs/tiny_sd.yaml).
-"""
+demo does: configs/tiny_sd.yaml). Any ``diffusion.kind`` trains alike: SDXL's UNet and
+SD3's flow-matching transformer with their two text encoders (configs/tiny_sdxl.yaml,
+configs/tiny_sd3.yaml), each with its own loss (:func:`minigpt5.decoders.diffusion_loss`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
+import diffusers
 import torch
 from lightning.pytorch import LightningModule
 
 from lit_models.optim import OptimConfig, configure_adamw
-from minigpt5.builders import build_diffusion, build_sd_tokenizer, decoder_kind
-from minigpt5.config import ConfigError, MiniGPT5Config
-from minigpt5.losses import ldm_loss
+from minigpt5 import decoders
+from minigpt5.builders import build_diffusion, build_sd_tokenizer
+from minigpt5.config import MiniGPT5Config
+from minigpt5.sdxl import DualTextEncoder
 from minigpt5.sequences import tokenize_for_text_encoder
 
 
 class TextToImageModule(LightningModule):
-    """Trains only the UNet of ``config.diffusion`` under text-encoder conditioning."""
+    """Trains the denoiser of ``config.diffusion`` (and its text encoders if asked) under text conditioning."""
 
     def __init__(
         self,
@@ -40,9 +44,7 @@ class TextToImageModule(LightningModule):
         self.save_hyperparameters(logger=False)
         self.config, self.optim, self.caption_dropout, self.export_dir = config, optim, caption_dropout, export_dir
         self.train_text_encoder = train_text_encoder
-        if decoder_kind(config.diffusion) != "sd":
-            raise ConfigError(f"pretrain-sd builds and exports SD 1.x/2.x-style stand-ins only; diffusion.kind "
-                              f"is {decoder_kind(config.diffusion)}")
+        self.kind = decoders.decoder_kind(config.diffusion)
         self.sd_tokenizer = build_sd_tokenizer(config.diffusion)
         self.text_encoder, self.unet, self.latents, self.scheduler = build_diffusion(
             config.diffusion, len(self.sd_tokenizer)
@@ -51,7 +53,7 @@ class TextToImageModule(LightningModule):
         self.latents.requires_grad_(False).eval()
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+        return decoders.denoise(self.unet, noisy, timesteps, cond, self.config.diffusion.resolution)
 
     def _loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         ids = batch["caption_ids"]  # (N, L)
@@ -63,8 +65,7 @@ class TextToImageModule(LightningModule):
             cond = self.text_encoder(ids)[0]  # (N, L, C)
         with torch.no_grad():
             latents = self.latents.encode(batch["target_pixels"], generator)
-        return ldm_loss(self.denoise, self.scheduler, latents, cond,
-                        min_snr_gamma=self.config.loss.min_snr_gamma, generator=generator)
+        return decoders.diffusion_loss(self.denoise, self.scheduler, latents, cond, self.config.loss, generator)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -79,12 +80,22 @@ class TextToImageModule(LightningModule):
         return configure_adamw(self, self.optim)
 
     def export(self, directory: str) -> None:
-        """Write a diffusers-layout folder: text_encoder/, tokenizer/, unet/, scheduler/."""
+        """Write a diffusers-layout folder: model_index.json naming the kind's pipeline, text_encoder/ and
+        tokenizer/ (SDXL, SD3: text_encoder_2/ and tokenizer_2/ too), unet/ (SD3: transformer/), scheduler/."""
         root = Path(directory)
-        self.text_encoder.save_pretrained(root / "text_encoder")
-        self.sd_tokenizer.save_pretrained(root / "tokenizer")
-        self.unet.save_pretrained(root / "unet")
-        self.scheduler.save_pretrained(root / "scheduler")
+        encoders = {"text_encoder": self.text_encoder}
+        if isinstance(self.text_encoder, DualTextEncoder):
+            encoders = {"text_encoder": self.text_encoder.text_encoder,
+                        "text_encoder_2": self.text_encoder.text_encoder_2}
+        tokenizers = {name.replace("text_encoder", "tokenizer"): self.sd_tokenizer for name in encoders}
+        denoiser = decoders.DENOISERS[self.kind][0]
+        parts = {**encoders, **tokenizers, denoiser: self.unet, "scheduler": self.scheduler}
+        for name, part in parts.items():
+            part.save_pretrained(root / name)
+        index = {"_class_name": decoders.PIPELINES[self.kind], "_diffusers_version": diffusers.__version__}
+        for name, part in parts.items():  # (library, class), as diffusers writes them
+            index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def on_train_end(self) -> None:
         # Runs after callbacks' on_train_end, so EMA weights are already copied in.

@@ -402,10 +402,12 @@ def tiny_text_and_unet(cfg: DiffusionConfig, sd_vocab: int, latents: nn.Module) 
             addition_time_embed_dim=TINY_TIME_EMBED, projection_class_embeddings_input_dim=half + TIME_IDS * TINY_TIME_EMBED,
         )
     else:
+        inner = cfg.transformer_width or width
         denoiser = SD3Transformer2DModel(
             sample_size=sample_size, patch_size=2, in_channels=latents.channels, out_channels=latents.channels,
-            num_layers=2, attention_head_dim=8, num_attention_heads=width // 8, joint_attention_dim=width,
-            caption_projection_dim=width, pooled_projection_dim=2 * pooled, pos_embed_max_size=sample_size // 2,
+            num_layers=cfg.transformer_layers, attention_head_dim=8, num_attention_heads=inner // 8,
+            joint_attention_dim=width, caption_projection_dim=inner, pooled_projection_dim=2 * pooled,
+            pos_embed_max_size=sample_size // 2,
         )
     return join_config_ids(kind, first, second, denoiser), denoiser
 

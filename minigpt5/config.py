@@ -110,6 +110,8 @@ class DiffusionConfig:
     vae_channels: tuple[int, ...] = (16, 32)  # tiny only (latent_space vae): one encoder block per width
     vae_layers_per_block: int = 1  # tiny only (SD's VAE has 2)
     text_encoder_layers: int = 2  # tiny only
+    transformer_layers: int = 2  # tiny sd3 only: SD3Transformer2DModel blocks
+    transformer_width: Optional[int] = None  # tiny sd3 only: its attention width (heads of 8); None: cross_attention_dim
     text_max_length: int = 77  # caption tokens for the SD text encoder
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False  # recompute each UNet down/mid/up block in the backward
@@ -124,6 +126,8 @@ class DiffusionConfig:
         _check_choice("diffusion.torch_dtype", self.torch_dtype, _DTYPES)
         _check(len(self.vae_channels) >= 1 and self.vae_layers_per_block >= 1,
                "diffusion.vae_channels needs at least one width and vae_layers_per_block must be >= 1")
+        _check(self.transformer_layers >= 1 and (self.transformer_width or 8) % 8 == 0,
+               "diffusion.transformer_layers must be >= 1 and transformer_width a multiple of 8 (heads of 8)")
         self.unet_channels = tuple(self.unet_channels)
         self.vae_channels = tuple(self.vae_channels)
 

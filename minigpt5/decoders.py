@@ -11,6 +11,7 @@ import json
 import os
 from typing import Optional
 
+import torch
 from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
@@ -22,13 +23,17 @@ from diffusers import (
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
+from minigpt5 import sd3, sdxl
 from minigpt5.architectures import architecture_source
-from minigpt5.config import ConfigError, DiffusionConfig
+from minigpt5.config import ConfigError, DiffusionConfig, LossConfig
 from minigpt5.loading import load_pretrained
+from minigpt5.losses import Denoiser, flow_matching_loss, ldm_loss
+from minigpt5.randomness import Generators
 from minigpt5.sdxl import DualTextEncoder, pooled_width
 
 # model_index.json's _class_name -> diffusion.kind
 PIPELINE_KINDS = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
+PIPELINES = {kind: name for name, kind in PIPELINE_KINDS.items()}  # diffusion.kind -> its pipeline's class name
 # per kind: the denoiser's subfolder and class, the training scheduler's class, the first text encoder's class
 DENOISERS: dict[str, tuple[str, type[nn.Module]]] = {
     "sd": ("unet", UNet2DConditionModel), "sdxl": ("unet", UNet2DConditionModel),
@@ -44,7 +49,7 @@ FIRST_ENCODERS: dict[str, type[PreTrainedModel]] = {
 
 def decoder_kind(cfg: DiffusionConfig, empty: bool = False) -> str:
     """``diffusion.kind``; for auto, what the folder's model_index.json ``_class_name`` names
-    (sd for the tiny parts and for a folder without one, as this project's tiny SD exports are)."""
+    (sd for the tiny parts and for a folder without one, such as a tiny SD exported before pretrain-sd wrote one)."""
     if cfg.kind != "auto":
         return cfg.kind
     if cfg.path is None:
@@ -101,3 +106,24 @@ def join_encoders(
     if kind == "sdxl":
         return DualTextEncoder(first, second, eos_id, pad_id, pad_id_2)
     return DualTextEncoder(first, second, eos_id, pad_id, pad_id_2, pooled_from_both=True, width=joint_width)
+
+
+def denoise(denoiser: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+            resolution: int) -> torch.Tensor:
+    """Any kind's denoiser on noisy latents (N, c, h, w) under conditioning (N, Q, C) (SDXL's and SD3's
+    packed, :mod:`minigpt5.sdxl`); ``resolution``: the images' size in pixels, SDXL's time ids."""
+    if isinstance(denoiser, SD3Transformer2DModel):
+        return sd3.denoise(denoiser, noisy, timesteps, cond)
+    if pooled_width(denoiser) is not None:
+        return sdxl.denoise(denoiser, noisy, timesteps, cond, resolution)
+    return denoiser(noisy, timesteps, encoder_hidden_states=cond).sample
+
+
+def diffusion_loss(denoiser: Denoiser, scheduler: SchedulerMixin, latents: torch.Tensor, cond: torch.Tensor,
+                   loss: LossConfig, generator: Generators = None) -> torch.Tensor:
+    """The decoder's training loss for latents (N, c, h, w) under conditioning (N, Q, C): flow matching
+    under SD3's scheduler (``loss``'s timestep density), else the LDM loss (``loss.min_snr_gamma``)."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return flow_matching_loss(denoiser, scheduler, latents, cond, density=loss.timestep_density,
+                                  logit_mean=loss.logit_mean, logit_std=loss.logit_std, generator=generator)
+    return ldm_loss(denoiser, scheduler, latents, cond, min_snr_gamma=loss.min_snr_gamma, generator=generator)

@@ -9,9 +9,10 @@ from functools import cached_property
 from typing import Any, ContextManager, Optional
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
+from minigpt5 import decoders
 from minigpt5.adapters import apply_adapter, base_model, cache_argument, prefix_length
 from minigpt5.builders import Components, VAELatents, build_components
 from minigpt5.config import LossConfig, MiniGPT5Config, stage_of
@@ -21,15 +22,13 @@ from minigpt5.fingerprint import fingerprints
 from minigpt5.guidance import build_sampler, drop_features, sample_latents
 from minigpt5.images import flip_where
 from minigpt5.layers import checkpoint_layers, layer_classes, unet_block_classes
-from minigpt5.losses import cap_loss, flow_matching_loss, ldm_loss, text_loss
+from minigpt5.losses import cap_loss, text_loss
 from minigpt5.mapper import FeatureMapper
 from minigpt5.offload import Device, Offloader
 from minigpt5.pretrained import PretrainedMixin
 from minigpt5.projection import build_input_projection
 from minigpt5.randomness import Generators, draw
-from minigpt5.sd3 import denoise as sd3_denoise
 from minigpt5.sdxl import DualTextEncoder
-from minigpt5.sdxl import denoise as sdxl_denoise
 from minigpt5.sequences import Turn, pad_examples, tokenize_for_text_encoder
 from minigpt5.templates import Conversation, Template, build_template, prepare_caption
 from minigpt5.vision import IMAGE_TOKEN
@@ -386,11 +385,7 @@ class MiniGPT5(PretrainedMixin, nn.Module):
         """The denoiser's prediction for noisy latents (N, c, h, w) under conditioning (N, Q, C)
         (SDXL's and SD3's packed: :mod:`minigpt5.sdxl`)."""
         noisy, cond = noisy.to(self.unet_dtype), cond.to(self.unet_dtype)
-        if isinstance(self.unet, SD3Transformer2DModel):
-            return sd3_denoise(self.unet, noisy, timesteps, cond)
-        if self.pooled_width is not None:
-            return sdxl_denoise(self.unet, noisy, timesteps, cond, self.cfg.diffusion.resolution)
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond).sample
+        return decoders.denoise(self.unet, noisy, timesteps, cond, self.cfg.diffusion.resolution)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: Generators = None) -> torch.Tensor:
@@ -485,12 +480,7 @@ class MiniGPT5(PretrainedMixin, nn.Module):
 
     def diffusion_loss(self, latents: torch.Tensor, cond: torch.Tensor, generator: Generators) -> torch.Tensor:
         """The LDM loss of latents (N, c, h, w) under conditioning (N, Q, C); flow matching for SD3's decoders."""
-        loss = self.cfg.loss
-        if self.flow_matching:
-            return flow_matching_loss(self.denoise, self.scheduler, latents, cond, density=loss.timestep_density,
-                                      logit_mean=loss.logit_mean, logit_std=loss.logit_std, generator=generator)
-        return ldm_loss(self.denoise, self.scheduler, latents, cond, min_snr_gamma=loss.min_snr_gamma,
-                        generator=generator)
+        return decoders.diffusion_loss(self.denoise, self.scheduler, latents, cond, self.cfg.loss, generator)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: Generators = None) -> MiniGPT5Output:
         """Named losses of ``batch``. ``generator``: one for the batch's random draws (noise,

@@ -1,12 +1,16 @@
-"""The tiny SD stand-in's pretraining module: what it trains, and the schedule it builds."""
+"""The tiny SD stand-ins' pretraining module: what it trains, the schedule it builds, the folder it exports."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from lit_models.text_to_image import TextToImageModule
-from minigpt5.config import ConfigError, DiffusionConfig, MiniGPT5Config
+from minigpt5.builders import build_diffusion, build_sd_tokenizer
+from minigpt5.config import DiffusionConfig, MiniGPT5Config
+from minigpt5.decoders import decoder_kind
 from minigpt5.sequences import tokenize_for_text_encoder
 
 
@@ -40,6 +44,35 @@ def test_the_tiny_scheduler_takes_the_configured_schedule():
     assert TextToImageModule().scheduler.config.beta_schedule == "linear"
 
 
-def test_an_sdxl_stand_in_is_refused_clearly():
-    with pytest.raises(ConfigError, match="SD 1.x/2.x-style stand-ins only; diffusion.kind is sdxl"):
-        TextToImageModule(config=MiniGPT5Config(diffusion=DiffusionConfig(kind="sdxl")))
+SECOND = {"text_encoder_2", "tokenizer_2"}
+
+
+@pytest.mark.parametrize("kind, pipeline, parts", [
+    ("sd", "StableDiffusionPipeline", {"unet"}),
+    ("sdxl", "StableDiffusionXLPipeline", {"unet", *SECOND}),
+    ("sd3", "StableDiffusion3Pipeline", {"transformer", *SECOND}),
+])
+def test_each_kind_trains_and_loads_back_as_trained(tmp_path, kind, pipeline, parts):
+    module = TextToImageModule(config=MiniGPT5Config(diffusion=DiffusionConfig(kind=kind)), train_text_encoder=True)
+    assert _changed_after_a_step(module) == {"text_encoder": True, "unet": True}  # SDXL's, SD3's: both encoders
+    module.export(str(tmp_path))
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == pipeline
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"model_index.json", "scheduler", "text_encoder", "tokenizer", *parts}
+
+    cfg = DiffusionConfig(path=str(tmp_path))  # kind auto: read from model_index.json
+    assert decoder_kind(cfg) == kind
+    text_encoder, unet, _, scheduler = build_diffusion(cfg, len(build_sd_tokenizer(cfg)))
+    assert type(scheduler) is type(module.scheduler)
+    loaded_settings, settings = ({k: v for k, v in c.items() if not k.startswith("_")}
+                                 for c in (scheduler.config, module.scheduler.config))
+    assert loaded_settings == settings
+    module.eval()
+    ids = tokenize_for_text_encoder(module.sd_tokenizer, ["a green triangle", ""], 8)
+    noisy, timesteps = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        cond = module.text_encoder(ids)[0]  # (2, 8, 32); SDXL's and SD3's (2, 9, 32), the pooled row packed
+        expected = module.denoise(noisy, timesteps, cond)
+        assert torch.equal(text_encoder(ids)[0], cond)
+        module.unet = unet  # the loaded denoiser, through the module's own call
+        assert torch.equal(module.denoise(noisy, timesteps, cond), expected)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-from minigpt5.builders import WeightsNotFoundError, build_components
+from minigpt5.builders import WeightsNotFoundError, build_components, build_diffusion
 from minigpt5.config import ConfigError, DiffusionConfig, GuidanceConfig, LossConfig, MiniGPT5Config
 from minigpt5.decoders import check_decoder
 from minigpt5.losses import flow_matching_indices, flow_matching_loss
@@ -142,3 +142,12 @@ def test_sd3_folder_loads_through_from_pretrained(tmp_path):
         build_components(MiniGPT5Config(diffusion=DiffusionConfig(path=str(folder), latent_space="vae", kind="sdxl")))
     with pytest.raises(ConfigError, match="diffusion.kind sdxl needs a UNet2DConditionModel"):
         check_decoder("sdxl", loaded.text_encoder, loaded.unet)
+
+
+def test_the_tiny_transformer_takes_its_configured_width_and_depth():
+    _, transformer, _, _ = build_diffusion(DiffusionConfig(kind="sd3", transformer_width=48, transformer_layers=1), 300)
+    config = transformer.config
+    assert (config.num_layers, config.num_attention_heads * config.attention_head_dim) == (1, 48)
+    assert (config.joint_attention_dim, config.caption_projection_dim) == (32, 48)  # the encoders' rows, projected
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        DiffusionConfig(kind="sd3", transformer_width=20)
