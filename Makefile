@@ -17,11 +17,27 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	@rm -rf $(DEMO)/logs && mkdir -p $(DEMO)/logs
-	@start=$$(date +%s); $(MAKE) --no-print-directory -j2 demo-phases && \
-		echo "== the demo took $$(( $$(date +%s) - start )) s (install excluded)"
-	@echo
-	@cat $(DEMO)/story/results.md $(DEMO)/dialogue/results.md
+	$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 2000 --val-num 200
+	$(BIN)/minigpt5 data synthetic --stories --out $(DEMO)/stories --num 800 --val-num 48 --hard-num 48 --shard-size 400
+	$(BIN)/minigpt5 data synthetic --dialogues --out $(DEMO)/dialogues --num 1200 --val-num 60 --hard-num 60 --shard-size 600
+	@echo "== the tiny Stable Diffusion stand-in (the paper downloads SD 2.1; nothing can be downloaded here)"
+	$(BIN)/minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml
+	@echo "== the tiny language model stand-in (the paper downloads Vicuna), on the world's training text"
+	$(BIN)/minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml
+	@echo "== the tiny image reader stand-in (the paper reads pictures with BLIP-2 and MiniGPT-4's projection, frozen)"
+	$(BIN)/minigpt5 pretrain-vision fit -c configs/tiny_vision.yaml
+	@echo "== stage 1 (UAS): vokens + feature mapper against the frozen tiny SD, under the frozen tiny LM"
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS)
+	$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
+		--out $(DEMO)/uas/caption_following.png
+	@echo "== stage 2 (MLS): LoRA + mapper on the world's stories and dialogues, from the stage-1 checkpoint"
+	$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml \
+		-c configs/model/tiny.yaml -c configs/demo_mls.yaml
+	@echo "== free generation on held-out stories and dialogues, scored by the world's rules"
+	$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-vist \
+		--shards $(DEMO)/stories/val-000000.tar --out $(DEMO)/story --examples 24 --no-progress
+	$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-dialog \
+		--shards $(DEMO)/dialogues/val-000000.tar --out $(DEMO)/dialogue --examples 24 --no-progress
 	@echo
 	@echo "Demo outputs:"
 	@echo "  stage 1 checkpoint: $(DEMO)/uas/checkpoints/last.ckpt"
@@ -29,60 +45,7 @@ demo: install
 	@echo "  stage 2 checkpoint: $(DEMO)/mls/checkpoints/last.ckpt"
 	@echo "  held-out stories:   $(DEMO)/story/results.md and the page $(DEMO)/story/examples_minigpt5_g2.html"
 	@echo "  held-out dialogues: $(DEMO)/dialogue/results.md and $(DEMO)/dialogue/examples_minigpt5_g2.html"
-	@echo "  each phase's log:   $(DEMO)/logs/"
 	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO)"
-
-# The demo's phases, each after the ones whose outputs it reads; `make demo` runs two at a time
-# (-j2), each with one intra-op thread: the models are tiny, and two processes of two threads
-# each on 2 cores wait on each other (docs/demo.md, "Time"). $(call phase,NAME,WHAT,COMMAND)
-# runs COMMAND with its output in $(DEMO)/logs/NAME.log, says when it starts and ends, and
-# on failure prints the log's end.
-demo-phases: export OMP_NUM_THREADS := 1
-define phase
-	@echo "== $(1) started: $(2)"
-	@start=$$(date +%s); if { $(3); } > $(DEMO)/logs/$(1).log 2>&1; then \
-		echo "== $(1) done in $$(( $$(date +%s) - start )) s"; \
-	else echo "== $(1) FAILED; the end of $(DEMO)/logs/$(1).log:"; tail -n 40 $(DEMO)/logs/$(1).log; exit 1; fi
-endef
-.PHONY: demo-phases demo-data demo-sd demo-lm demo-vision demo-uas demo-caption-check demo-mls demo-story \
-	demo-dialogue
-demo-phases: demo-caption-check demo-story demo-dialogue
-demo-data:
-	$(call phase,data,the synthetic world: shapes and captions; stories and dialogues with held-out splits,\
-		$(BIN)/minigpt5 data synthetic --out $(DEMO)/data --num 2000 --val-num 200 && \
-		$(BIN)/minigpt5 data synthetic --stories --out $(DEMO)/stories --num 800 --val-num 48 --hard-num 48 \
-			--shard-size 400 && \
-		$(BIN)/minigpt5 data synthetic --dialogues --out $(DEMO)/dialogues --num 1200 --val-num 60 --hard-num 60 \
-			--shard-size 600)
-demo-sd: demo-data
-	$(call phase,tiny_sd,the tiny Stable Diffusion stand-in (the paper downloads SD 2.1; nothing can be downloaded here),\
-		$(BIN)/minigpt5 pretrain-sd fit -c configs/tiny_sd.yaml)
-demo-lm: demo-data
-	$(call phase,tiny_lm,the tiny language model stand-in (the paper downloads Vicuna) on the world's training text,\
-		$(BIN)/minigpt5 pretrain-lm fit -c configs/tiny_lm.yaml)
-demo-vision: demo-lm
-	$(call phase,tiny_vision,the tiny image reader stand-in (the paper reads pictures with BLIP-2 and MiniGPT-4's \
-		projection; frozen),$(BIN)/minigpt5 pretrain-vision fit -c configs/tiny_vision.yaml)
-demo-uas: demo-sd demo-lm
-	$(call phase,uas,stage 1 (UAS): vokens + feature mapper against the frozen tiny SD under the frozen tiny LM,\
-		$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/model/tiny.yaml -c configs/demo.yaml $(ARGS))
-demo-caption-check: demo-uas
-	$(call phase,caption_following,how often stage 1 draws the caption's colour and shape (trained vs untrained),\
-		$(BIN)/python benchmarks/caption_following.py --ckpt $(DEMO)/uas/checkpoints/last.ckpt \
-			--out $(DEMO)/uas/caption_following.png)
-	@grep -E "^(colour|shape) follows caption" $(DEMO)/logs/caption_following.log
-demo-mls: demo-uas demo-vision
-	$(call phase,mls,stage 2 (MLS): LoRA + mapper on the world's stories and dialogues from the stage-1 checkpoint,\
-		$(BIN)/minigpt5 fit -c configs/uas.yaml -c configs/mls.yaml -c configs/mls_vist.yaml \
-			-c configs/model/tiny.yaml -c configs/demo_mls.yaml)
-demo-story: demo-mls
-	$(call phase,story,free generation on the held-out stories scored by the world's rules,\
-		$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-vist \
-			--shards $(DEMO)/stories/val-000000.tar --out $(DEMO)/story --examples 24 --no-progress)
-demo-dialogue: demo-mls
-	$(call phase,dialogue,free generation on the held-out dialogues scored by the world's rules,\
-		$(BIN)/minigpt5 eval --ckpt $(DEMO)/mls/checkpoints/last.ckpt --protocol synthetic-dialog \
-			--shards $(DEMO)/dialogues/val-000000.tar --out $(DEMO)/dialogue --examples 24 --no-progress)
 
 # The demo's stage-2 model in the browser (http://127.0.0.1:7860; ARGS: more `minigpt5 chat` flags).
 CHAT_CKPT := $(DEMO)/mls/checkpoints/last.ckpt
