@@ -33,15 +33,16 @@ def caption_scores(
     from its own text encoders' caption embeddings (what it learned in pretraining), no vokens."""
     module.eval()
     model = module.model
+    if decoder_alone:  # the captions' own conditioning and the empty caption's, the same for every seed
+        length = model.cfg.diffusion.text_max_length
+        ids = tokenize_for_text_encoder(model.sd_tokenizer, captions, length)
+        cond, null = model.encode_captions(ids), model.null_caption(length, ids.device)
     images = []
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         if decoder_alone:
-            length = model.cfg.diffusion.text_max_length
-            ids = tokenize_for_text_encoder(model.sd_tokenizer, captions, length)
             images.append(model.images_from_condition(
-                model.encode_captions(ids), model.null_caption(length, ids.device), scale=scale,
-                num_inference_steps=steps, generator=generator, sampler=sampler,
+                cond, null, scale=scale, num_inference_steps=steps, generator=generator, sampler=sampler,
             ))
         else:
             images.append(model.generate_images(

@@ -90,11 +90,10 @@ class TextToImageModule(LightningModule):
         tokenizers = {name.replace("text_encoder", "tokenizer"): self.sd_tokenizer for name in encoders}
         denoiser = decoders.DENOISERS[self.kind][0]
         parts = {**encoders, **tokenizers, denoiser: self.unet, "scheduler": self.scheduler}
+        index = {"_class_name": decoders.PIPELINES[self.kind], "_diffusers_version": diffusers.__version__}
         for name, part in parts.items():
             part.save_pretrained(root / name)
-        index = {"_class_name": decoders.PIPELINES[self.kind], "_diffusers_version": diffusers.__version__}
-        for name, part in parts.items():  # (library, class), as diffusers writes them
-            index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+            index[name] = [type(part).__module__.split(".")[0], type(part).__name__]  # (library, class), as diffusers
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def on_train_end(self) -> None:

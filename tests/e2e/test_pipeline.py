@@ -50,12 +50,15 @@ def test_pretrained_tiny_sd_is_loaded_frozen_by_stage_one(tmp_path):
     # The caption-following benchmark runs on that checkpoint and writes its grid and figures.
     out = tmp_path / "follow.png"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/caption_following.py"), "--ckpt", str(ckpt),
-                             "--seeds", "1", "--steps", "2", "--out", str(out)],
+                             "--seeds", "1", "--steps", "2", "--out", str(out), "--decoder-alone"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "colour follows caption: trained" in result.stdout
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert "shape follows caption: trained" in result.stdout
+    assert "decoder alone, from its caption embeddings: colour" in result.stdout
+    alone = json.loads(out.with_suffix(".json").read_text())
+    assert 0 <= alone["decoder"] <= 1 and 0 <= alone["decoder_shape"] <= 1
 
     # The sampler sweep on it: each setting's UNet calls counted (dpm++ and ddim: one per step), curves written.
     curves = tmp_path / "steps.png"
