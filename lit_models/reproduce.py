@@ -56,7 +56,7 @@ class Budget:
 
 
 BUDGETS = {
-    # Stage 2 at 1500 steps (the demo runs 2500, configs/demo_mls.yaml), to keep five variants in about 45 minutes.
+    # Stage 2 at 1500 steps, as the demo (configs/demo_mls.yaml), to keep five variants in about 45 minutes.
     "full": Budget(stage1_steps=800, stage2_steps=1500, items=None, guidance=(1.0, 2.0, 3.0, 5.0), diffusion_steps=None),
     "small": Budget(stage1_steps=3, stage2_steps=3, items=4, guidance=(1.0, 2.0), diffusion_steps=2),
 }
